@@ -14,7 +14,7 @@ import logging
 import random
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +31,40 @@ MODEL_FILE = "parakeet-tdt-test.nemo"
 HELDOUT_DIR = "heldout"
 MANIFEST = "manifest.tsv"
 CURVE_FILE = "training_curve.tsv"
+DEFAULT_SEED = 20261121
+DEFAULT_TRAIN_UTTERANCES = 9000
+DEFAULT_HELDOUT_PER_SPLIT = 50
+DEFAULT_DEV_UTTERANCES = 40
 
 
 def _to_int16(audio: np.ndarray) -> np.ndarray:
     return np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
+
+
+@dataclass(frozen=True)
+class CorpusPlan:
+    train: list[corpus.UtteranceSpec]
+    dev: list[corpus.UtteranceSpec]  # held-out sentences, seen voices: the training curve
+    seen: list[corpus.UtteranceSpec]  # committed: held-out sentences, seen voices
+    unseen: list[corpus.UtteranceSpec]  # committed: held-out sentences, voices never used in training
+
+
+def plan_corpus(seed: int = DEFAULT_SEED, train_utterances: int = DEFAULT_TRAIN_UTTERANCES,
+                heldout_per_split: int = DEFAULT_HELDOUT_PER_SPLIT, dev_utterances: int = DEFAULT_DEV_UTTERANCES) -> CorpusPlan:
+    """Every utterance of the recipe, deterministically from the seed (cheap: no audio is rendered).
+
+    Held-out sentences are drawn first and excluded from training by exact text.
+    """
+    rng = random.Random(seed)
+    held_sentences = corpus.make_sentences(rng, 2 * heldout_per_split + dev_utterances)
+    train_sentences = corpus.make_sentences(rng, train_utterances, exclude=held_sentences)
+    seen, unseen = corpus.seen_voices(), corpus.unseen_voices()
+    k = heldout_per_split
+    specs_seen = corpus.make_specs(rng, held_sentences[:k], seen, "seen")
+    specs_unseen = corpus.make_specs(rng, held_sentences[k : 2 * k], unseen, "unseen")
+    specs_dev = corpus.make_specs(rng, held_sentences[2 * k :], seen, "dev")
+    specs_train = corpus.make_specs(rng, train_sentences, seen, "train")
+    return CorpusPlan(train=specs_train, dev=specs_dev, seen=specs_seen, unseen=specs_unseen)
 
 
 def dev_wer(model, clips: list[tuple[np.ndarray, str]], batch_size: int = 16) -> float:
@@ -60,10 +90,10 @@ def dev_wer(model, clips: list[tuple[np.ndarray, str]], batch_size: int = 16) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ASSETS, help="where the model and held-out set are written")
-    parser.add_argument("--seed", type=int, default=20261121)
-    parser.add_argument("--train-utterances", type=int, default=9000)
-    parser.add_argument("--heldout-per-split", type=int, default=50)
-    parser.add_argument("--dev-utterances", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--train-utterances", type=int, default=DEFAULT_TRAIN_UTTERANCES)
+    parser.add_argument("--heldout-per-split", type=int, default=DEFAULT_HELDOUT_PER_SPLIT)
+    parser.add_argument("--dev-utterances", type=int, default=DEFAULT_DEV_UTTERANCES)
     parser.add_argument("--steps", type=int, default=TrainOptions.steps)
     parser.add_argument("--batch-audio-s", type=float, default=TrainOptions.batch_audio_s)
     parser.add_argument("--threads", type=int, default=2)
@@ -71,18 +101,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     started = time.monotonic()
-    rng = random.Random(args.seed)
-
-    # Sentences: held-out ones are drawn first and excluded from training by exact text.
-    n_held = 2 * args.heldout_per_split + args.dev_utterances
-    held_sentences = corpus.make_sentences(rng, n_held)
-    train_sentences = corpus.make_sentences(rng, args.train_utterances, exclude=held_sentences)
-    seen, unseen = corpus.seen_voices(), corpus.unseen_voices()
-    k = args.heldout_per_split
-    specs_seen = corpus.make_specs(rng, held_sentences[:k], seen, "seen")
-    specs_unseen = corpus.make_specs(rng, held_sentences[k : 2 * k], unseen, "unseen")
-    specs_dev = corpus.make_specs(rng, held_sentences[2 * k :], seen, "dev")
-    specs_train = corpus.make_specs(rng, train_sentences, seen, "train")
+    plan = plan_corpus(args.seed, args.train_utterances, args.heldout_per_split, args.dev_utterances)
+    train_sentences = [s.text for s in plan.train]
+    specs_seen, specs_unseen, specs_dev, specs_train = plan.seen, plan.unseen, plan.dev, plan.train
 
     with tempfile.TemporaryDirectory(prefix="testmodel-") as tmp:
         tokenizer_dir = architecture.train_tokenizer(train_sentences, Path(tmp) / "tokenizer", architecture.TEST_SIZE.vocab_size)

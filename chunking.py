@@ -1,0 +1,95 @@
+"""Chunked transcription of long audio: window planning and seam merging by timestamps.
+
+Windows of ``chunk_s`` overlap by ``overlap_s``. Each window is transcribed with word timestamps; at each seam
+the words both windows heard inside the overlap are aligned (as word sequences, ``difflib``), and the cut is
+made in the middle of the agreeing run: the left window keeps the words before it, the right window the words
+from it on. Words cut in half at a window's edge lie inside the overlap and disagree with the other window's
+complete version, so they fall outside the agreeing run and are dropped in favour of the complete one. When the
+windows share no word in the overlap (silence, or nothing matched), the cut falls at the overlap's midpoint by
+word centre. Either way each word of the audio is emitted once.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from inference import SAMPLE_RATE_HZ, WordTiming
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int
+    start_sample: int
+    end_sample: int
+
+    @property
+    def start_s(self) -> float:
+        return self.start_sample / SAMPLE_RATE_HZ
+
+    @property
+    def end_s(self) -> float:
+        return self.end_sample / SAMPLE_RATE_HZ
+
+
+def plan_windows(n_samples: int, chunk_s: float, overlap_s: float) -> list[Window]:
+    """Windows covering ``n_samples``; the last one is stretched rather than leaving a sliver shorter than the overlap."""
+    if chunk_s <= 0 or overlap_s < 0 or overlap_s >= chunk_s / 2:
+        raise ValueError(f"need chunk_s > 0 and 0 <= overlap_s < chunk_s / 2, got chunk_s={chunk_s}, overlap_s={overlap_s}")
+    chunk = int(chunk_s * SAMPLE_RATE_HZ)
+    step = chunk - int(overlap_s * SAMPLE_RATE_HZ)
+    windows: list[Window] = []
+    start = 0
+    while True:
+        end = min(start + chunk, n_samples)
+        if n_samples - end < int(overlap_s * SAMPLE_RATE_HZ) + SAMPLE_RATE_HZ:  # a tiny tail joins this window
+            end = n_samples
+        windows.append(Window(len(windows), start, end))
+        if end >= n_samples:
+            return windows
+        start += step
+
+
+def _norm(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum())
+
+
+def _centre(w: WordTiming) -> float:
+    return (w.start + w.end) / 2
+
+
+def merge_seam(left: Sequence[WordTiming], right: Sequence[WordTiming], overlap_start: float,
+               overlap_end: float) -> tuple[list[WordTiming], list[WordTiming]]:
+    """Split two neighbouring windows' words (absolute times) at their seam; returns (left kept, right kept)."""
+    li = [i for i, w in enumerate(left) if _centre(w) >= overlap_start]
+    ri = [i for i, w in enumerate(right) if _centre(w) <= overlap_end]
+    a = [_norm(left[i].word) for i in li]
+    b = [_norm(right[i].word) for i in ri]
+    matcher = difflib.SequenceMatcher(a=a, b=b, autojunk=False)
+    blocks = [m for m in matcher.get_matching_blocks() if m.size > 0]
+    if blocks:
+        best = max(blocks, key=lambda m: m.size)
+        mid = best.size // 2
+        cut_left = li[best.a + mid]  # first left word NOT kept
+        cut_right = ri[best.b + mid]  # first right word kept
+        return list(left[:cut_left]), list(right[cut_right:])
+    middle = (overlap_start + overlap_end) / 2
+    return [w for w in left if _centre(w) < middle], [w for w in right if _centre(w) >= middle]
+
+
+def merge_windows(windows: Sequence[Window], words: Sequence[Sequence[WordTiming]]) -> list[WordTiming]:
+    """Merge per-window words (absolute times, in window order) into one sequence without seam duplicates."""
+    if len(windows) != len(words):
+        raise ValueError("one word list per window is required")
+    if not windows:
+        return []
+    merged: list[WordTiming] = list(words[0])
+    for k in range(1, len(windows)):
+        overlap_start, overlap_end = windows[k].start_s, windows[k - 1].end_s
+        # only the part of `merged` that can reach into this overlap takes part in the seam decision
+        head = [w for w in merged if _centre(w) < overlap_start]
+        tail = merged[len(head):]
+        kept_left, kept_right = merge_seam(tail, words[k], overlap_start, overlap_end)
+        merged = head + kept_left + kept_right
+    return merged

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh machine: system packages (ffmpeg, libsndfile; espeak-ng with --recipe) and a
+# virtualenv in .venv/ with the Python dependencies. Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_recipe=0
+[[ "${1:-}" == "--recipe" ]] && want_recipe=1
+
+need=()
+command -v ffmpeg >/dev/null || need+=(ffmpeg)
+ldconfig -p 2>/dev/null | grep -q libsndfile.so || need+=(libsndfile1)
+if [[ $want_recipe == 1 ]]; then
+  command -v espeak-ng >/dev/null || need+=(espeak-ng)
+fi
+if [[ ${#need[@]} -gt 0 ]]; then
+  echo "setup: installing system packages: ${need[*]}"
+  sudo_cmd=""
+  [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv with $($python --version)"
+  $python -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+current=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$current" ]]; then
+  echo "setup: installing Python dependencies into .venv (a few minutes the first time)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  # torch first and pinned, so nothing pulls a different (multi-GB CUDA) build as a dependency.
+  .venv/bin/python -m pip install -q "$(grep -E '^torch==' requirements.txt)"
+  .venv/bin/python -m pip install -q -r requirements-dev.txt
+  echo "$current" > "$stamp"
+fi
+echo "setup: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,100 @@
+"""Measure the committed test model on the committed held-out set and write the results into docs/TEST_MODEL.md.
+
+    .venv/bin/python -m testmodel.evaluate            # prints the table
+    .venv/bin/python -m testmodel.evaluate --write    # also replaces the results block in docs/TEST_MODEL.md
+
+The model is loaded through the service's own loading code (:func:`model_loader.load_model`) and run through
+its offline recognizer, so the numbers are those the service produces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from inference import Recognizer
+from model_loader import load_model
+from settings import Settings
+from testmodel.heldout import ASSETS, MODEL_PATH, Clip, LongClip, WerStats, concatenate, load_heldout, wer
+
+logger = logging.getLogger("testmodel.evaluate")
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "TEST_MODEL.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def transcribe_all(recognizer: Recognizer, audio: list, batch_size: int = 8) -> list[str]:
+    texts: list[str] = []
+    for i in range(0, len(audio), batch_size):
+        texts += [t.text for t in recognizer.transcribe(audio[i : i + batch_size])]
+    return texts
+
+
+def score(recognizer: Recognizer, clips: list[Clip]) -> WerStats:
+    return wer(transcribe_all(recognizer, [c.audio for c in clips]), [c.text for c in clips])
+
+
+def score_long(recognizer: Recognizer, longs: list[LongClip]) -> WerStats:
+    return wer(transcribe_all(recognizer, [c.audio for c in longs], batch_size=1), [c.text for c in longs])
+
+
+def row(label: str, n: int, seconds: float, stats: WerStats) -> str:
+    return (f"| {label} | {n} | {seconds / 60:.1f} | {stats.words} | {stats.wer_percent:.2f} | "
+            f"{stats.substitutions} / {stats.deletions} / {stats.insertions} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(MODEL_PATH))
+    parser.add_argument("--write", action="store_true", help="rewrite the results block of docs/TEST_MODEL.md")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+
+    loaded = load_model(Settings(model=args.model))
+    recognizer = Recognizer(loaded)
+    clips = load_heldout()
+    started = time.monotonic()
+    lines = [
+        f"Model `{Path(args.model).name}` ({sum(p.numel() for p in loaded.model.parameters()):,} parameters), "
+        f"{loaded.dtype} on {loaded.device}, greedy TDT decoding, full attention, one pass per file.",
+        "",
+        "| held-out set | files | minutes | words | WER % | sub / del / ins |",
+        "|---|---|---|---|---|---|",
+    ]
+    for split, label in (("seen", "seen voices, 1–20 s"), ("unseen", "unseen voices, 1–20 s")):
+        part = [c for c in clips if c.split == split]
+        lines.append(row(label, len(part), sum(c.seconds for c in part), score(recognizer, part)))
+    for lo, hi in ((0, 5), (5, 10), (10, 21)):
+        part = [c for c in clips if lo <= c.seconds < hi]
+        lines.append(row(f"all voices, {lo}–{min(hi, 20)} s", len(part), sum(c.seconds for c in part), score(recognizer, part)))
+    longs = concatenate(clips, target_s=60.0)
+    lines.append(row("60 s concatenations (pauses 0.4–1.5 s)", len(longs),
+                     sum(c.audio.shape[0] for c in longs) / 16_000, score_long(recognizer, longs)))
+    lines.append("")
+    lines.append(f"Measured by `python -m testmodel.evaluate --write` in {time.monotonic() - started:.0f} s "
+                 f"on {torch.get_num_threads()} CPU threads.")
+    curve_file = ASSETS / "training_curve.tsv"
+    if curve_file.exists():
+        lines += ["", "Training curve (dev set: 40 held-out sentences, seen voices):", "",
+                  "| step | minutes | dev WER % |", "|---|---|---|"]
+        for line in curve_file.read_text().strip().splitlines()[1:]:
+            step, minutes, dev = line.split("\t")
+            lines.append(f"| {step} | {minutes} | {dev} |")
+    block = "\n".join(lines)
+    print(block)  # noqa: T201 - this script's output is the report
+    if args.write:
+        text = DOC.read_text()
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        DOC.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+        logger.info("wrote results into %s", DOC)
+
+
+if __name__ == "__main__":
+    main()

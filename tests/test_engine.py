@@ -1,0 +1,155 @@
+"""The engine with the trained test model: batching, timestamps, attention modes, long audio, errors, traps."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import numpy as np
+import pytest
+
+from asr_engine import EngineOptions, ParakeetEngine, TranscribeOptions
+from errors import AudioTooLongError, EmptyAudioError, EngineClosedError, InputError
+from testmodel.heldout import build_long_audio
+
+
+@pytest.fixture(scope="module")
+def engine(loaded_test_model):
+    eng = ParakeetEngine(loaded_test_model, EngineOptions(batch_wait_ms=20, full_attention_max_s=900))
+    eng.warmup()
+    yield eng
+    eng.close()
+
+
+def _encoder_state(engine: ParakeetEngine) -> tuple[str, list[bool]]:
+    enc = engine.loaded.model.encoder
+    return enc.self_attention_model, [layer.self_attn.linear_q.bias is None for layer in enc.layers]
+
+
+def test_concurrent_requests_are_batched_and_match_one_at_a_time(engine, heldout_clips) -> None:
+    clips = heldout_clips[:8]
+    alone = [engine.submit(c.audio).result().text for c in clips]
+    barrier = threading.Barrier(len(clips))
+
+    def submit(clip):
+        barrier.wait()
+        return engine.submit(clip.audio).result()
+
+    with concurrent.futures.ThreadPoolExecutor(len(clips)) as pool:
+        together = list(pool.map(submit, clips))
+    assert max(r.batch_size for r in together) > 1, "concurrent requests were not batched"
+    assert [r.text for r in together] == alone
+
+
+def test_result_echoes_the_options_used(engine, heldout_clips) -> None:
+    result = engine.submit(heldout_clips[0].audio).result()
+    assert result.model == "parakeet-tdt-test" and result.device == "cpu"
+    assert result.dtype in ("float32", "bfloat16") and result.attention == "full" and result.chunking is None
+    assert result.duration_s == pytest.approx(heldout_clips[0].seconds)
+    assert result.processing_s > 0 and not result.has_timestamps and result.words == ()
+
+
+def test_word_segment_and_token_timestamps(engine, heldout_clips, wer_of) -> None:
+    clip = max(heldout_clips, key=lambda c: c.seconds)
+    result = engine.submit(clip.audio, TranscribeOptions(timestamps=True)).result()
+    assert result.has_timestamps
+    assert " ".join(w.word for w in result.words) == result.text
+    assert " ".join(s.segment for s in result.segments) == result.text
+    assert "".join(t.char for t in result.tokens).replace("▁", " ").strip() == result.text
+    starts = [w.start for w in result.words]
+    assert starts == sorted(starts)
+    assert all(0 <= w.start <= w.end <= clip.seconds + 0.2 for w in result.words)
+    # speech starts after the clip's leading silence and ends before its trailing silence (the test model's
+    # timestamps lean early by up to ~0.25 s)
+    assert result.words[-1].end - result.words[0].start > 0.5 * clip.seconds
+    assert wer_of([result.text], [clip.text]).wer_percent < 15
+
+
+def test_timestamps_off_after_timestamps_on_really_means_off(engine, heldout_clips) -> None:
+    """NeMo trap: transcribe(timestamps=False) is ignored once timestamps were on; ours is a fresh choice."""
+    audio = heldout_clips[1].audio
+    with_ts = engine.submit(audio, TranscribeOptions(timestamps=True)).result()
+    without = engine.submit(audio, TranscribeOptions(timestamps=False)).result()
+    assert with_ts.words and without.words == () and without.tokens == () and not without.has_timestamps
+    assert with_ts.text == without.text
+
+
+def test_local_attention_is_scoped_and_restored_exactly(engine, heldout_clips) -> None:
+    """NeMo trap: change_attention_model adds random biases to use_bias=False models and leaves train mode."""
+    clips = heldout_clips[:4]
+    before = [engine.submit(c.audio).result().text for c in clips]
+    local = [engine.submit(c.audio, TranscribeOptions(attention="local")).result() for c in clips]
+    after = [engine.submit(c.audio).result().text for c in clips]
+    assert all(r.attention == "local[256,256]" for r in local)
+    assert [r.text for r in local] == before  # under 256 frames (20 s) both modes agree
+    assert after == before
+    kind, no_bias = _encoder_state(engine)
+    assert kind == "rel_pos" and all(no_bias)
+    assert not any(m.training for m in engine.loaded.model.modules())
+
+
+def test_attention_is_restored_when_the_local_pass_fails(engine) -> None:
+    with pytest.raises(RuntimeError, match="boom"), engine.local_attention():
+        assert engine.loaded.model.encoder.self_attention_model == "rel_pos_local_attn"
+        raise RuntimeError("boom")
+    assert _encoder_state(engine)[0] == "rel_pos"
+
+
+@pytest.mark.parametrize(
+    ("audio", "options", "error", "message"),
+    [
+        (np.zeros(800, np.float32), TranscribeOptions(), EmptyAudioError, "at least"),
+        (np.zeros(16000, np.float64), TranscribeOptions(), InputError, "float32"),
+        (np.zeros((2, 16000), np.float32), TranscribeOptions(), InputError, "1-D"),
+        (np.zeros(16000 * 1000, np.float32), TranscribeOptions(attention="full"), AudioTooLongError, "full-attention"),
+        (np.zeros(16000 * 60, np.float32), TranscribeOptions(chunked=True, chunk_s=10, overlap_s=6), InputError, "overlap"),
+    ],
+)
+def test_bad_requests_raise_typed_errors_and_the_engine_goes_on(engine, heldout_clips, audio, options, error, message):
+    with pytest.raises(error, match=message):
+        engine.submit(audio, options)
+    assert engine.submit(heldout_clips[0].audio).result().text
+
+
+def test_too_long_audio_is_refused_before_any_work(loaded_test_model) -> None:
+    small = ParakeetEngine(loaded_test_model, EngineOptions(max_audio_s=30))
+    try:
+        with pytest.raises(AudioTooLongError, match="limit is 0 min|limit is 1 min|PARAKEET_MAX_AUDIO_S"):
+            small.submit(np.zeros(16000 * 31, np.float32))
+    finally:
+        small.close()
+    with pytest.raises(EngineClosedError):
+        small.submit(np.zeros(16000, np.float32))
+
+
+@pytest.fixture(scope="module")
+def ten_minutes(heldout_clips):
+    return build_long_audio(heldout_clips, minutes=10.0)
+
+
+@pytest.mark.parametrize("mode", ["full", "local", "chunked"])
+def test_ten_minute_file_in_each_long_audio_mode(engine, ten_minutes, wer_of, mode) -> None:
+    from tests.test_test_model import documented_long_wer
+
+    options = {
+        "full": TranscribeOptions(attention="full", timestamps=True),
+        "local": TranscribeOptions(attention="local", timestamps=True),
+        "chunked": TranscribeOptions(chunked=True, chunk_s=20.0, overlap_s=4.0, timestamps=True),
+    }[mode]
+    progress: list[dict] = []
+    result = engine.submit(ten_minutes.audio, options, progress=progress.append).result()
+    assert result.duration_s >= 600
+    stats = wer_of([result.text], [ten_minutes.text])
+    assert stats.wer_percent <= documented_long_wer() + 2.0, f"{mode}: WER {stats.wer_percent:.2f} %"
+    assert " ".join(w.word for w in result.words) == result.text
+    starts = [w.start for w in result.words]
+    assert starts == sorted(starts) and starts[-1] <= result.duration_s
+    if mode == "chunked":
+        assert result.chunking is not None and result.chunking.windows >= 30
+        assert progress[-1] == {"stage": "transcribing", "chunks_done": result.chunking.windows,
+                                "chunks_total": result.chunking.windows}
+        # no duplicated/dropped words at seams: seam errors would show up as extra insertions/deletions
+        # compared with the single full-attention pass over the same audio
+        full = engine.submit(ten_minutes.audio, TranscribeOptions(attention="full")).result()
+        full_stats = wer_of([full.text], [ten_minutes.text])
+        assert stats.insertions + stats.deletions <= full_stats.insertions + full_stats.deletions + 3
