@@ -10,9 +10,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from audio_utils import AudioLimits, S3Credentials
 from errors import InputError
+
+if TYPE_CHECKING:
+    from asr_engine import EngineOptions
 
 DEFAULT_MODEL = "nvidia/parakeet-tdt-0.6b-v3"
 
@@ -30,6 +34,34 @@ class Settings:
     dtype: DtypeChoice = "auto"  # PARAKEET_DTYPE: auto = bf16 on CUDA and on CPUs with bf16, else fp32
     warmup: bool = True  # PARAKEET_WARMUP: run one inference before reporting ready
     cpu_threads: int = 0  # PARAKEET_CPU_THREADS: torch intra-op threads on CPU; 0 = torch's default
+    # Engine
+    max_batch: int = 16  # PARAKEET_MAX_BATCH: requests in one forward pass
+    batch_wait_ms: float = 5.0  # PARAKEET_BATCH_WAIT_MS: how long the engine collects requests for a batch
+    full_attention_max_s: float = 0.0  # PARAKEET_FULL_ATTENTION_MAX_S: 0 = model card (24 min on 80 GB), scaled
+    chunk_s: float = 60.0  # PARAKEET_CHUNK_S: default window for chunk_long_audio
+    chunk_overlap_s: float = 5.0  # PARAKEET_CHUNK_OVERLAP_S
+    # Jobs and audio
+    concurrency: int = 4  # PARAKEET_CONCURRENCY: RunPod jobs held by one worker at once
+    max_audio_s: float = 3 * 3600 + 60  # PARAKEET_MAX_AUDIO_S
+    max_download_bytes: int = 1 << 30  # PARAKEET_MAX_DOWNLOAD_BYTES
+    download_timeout_s: float = 60.0  # PARAKEET_DOWNLOAD_TIMEOUT_S
+    allow_private_urls: bool = False  # PARAKEET_ALLOW_PRIVATE_URLS: allow loopback/private URL targets
+    s3: S3Credentials | None = None  # S3_ACCESS_KEY, S3_SECRET_KEY, S3_ENDPOINT, S3_REGION
+
+    def engine_options(self) -> EngineOptions:
+        from asr_engine import EngineOptions
+
+        return EngineOptions(
+            max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms,
+            full_attention_max_s=self.full_attention_max_s or None, max_audio_s=self.max_audio_s,
+            default_chunk_s=self.chunk_s, default_overlap_s=self.chunk_overlap_s,
+        )
+
+    def audio_limits(self) -> AudioLimits:
+        return AudioLimits(
+            max_bytes=self.max_download_bytes, max_duration_s=self.max_audio_s,
+            download_timeout_s=self.download_timeout_s, allow_private_urls=self.allow_private_urls,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -40,7 +72,23 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[name] = _parse(name, var, raw)
-        return cls(**values)  # type: ignore[arg-type]
+        try:
+            values["s3"] = S3Credentials.from_env(env)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        settings = cls(**values)  # type: ignore[arg-type]
+        for name in ("max_batch", "concurrency", "max_download_bytes"):
+            if getattr(settings, name) < 1:
+                raise InputError(f"{_ENV_NAMES[name]} must be at least 1")
+        for name in ("batch_wait_ms", "chunk_overlap_s", "full_attention_max_s", "cpu_threads"):
+            if getattr(settings, name) < 0:
+                raise InputError(f"{_ENV_NAMES[name]} must not be negative")
+        for name in ("chunk_s", "max_audio_s", "download_timeout_s"):
+            if getattr(settings, name) <= 0:
+                raise InputError(f"{_ENV_NAMES[name]} must be positive")
+        if settings.chunk_overlap_s >= settings.chunk_s / 2:
+            raise InputError("PARAKEET_CHUNK_OVERLAP_S must be less than half of PARAKEET_CHUNK_S")
+        return settings
 
 
 _ENV_NAMES = {
@@ -51,6 +99,16 @@ _ENV_NAMES = {
     "dtype": "PARAKEET_DTYPE",
     "warmup": "PARAKEET_WARMUP",
     "cpu_threads": "PARAKEET_CPU_THREADS",
+    "max_batch": "PARAKEET_MAX_BATCH",
+    "batch_wait_ms": "PARAKEET_BATCH_WAIT_MS",
+    "full_attention_max_s": "PARAKEET_FULL_ATTENTION_MAX_S",
+    "chunk_s": "PARAKEET_CHUNK_S",
+    "chunk_overlap_s": "PARAKEET_CHUNK_OVERLAP_S",
+    "concurrency": "PARAKEET_CONCURRENCY",
+    "max_audio_s": "PARAKEET_MAX_AUDIO_S",
+    "max_download_bytes": "PARAKEET_MAX_DOWNLOAD_BYTES",
+    "download_timeout_s": "PARAKEET_DOWNLOAD_TIMEOUT_S",
+    "allow_private_urls": "PARAKEET_ALLOW_PRIVATE_URLS",
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
@@ -72,6 +130,14 @@ def _parse(name: str, var: str, raw: str) -> object:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise InputError(f"{var}={raw!r} is not a boolean: use 1/0, true/false, yes/no or on/off")
+    if kind in ("float", float):
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InputError(f"{var}={raw!r} is not a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InputError(f"{var}={raw!r} is not a finite number")
+        return value
     if kind in ("int", int):
         try:
             return int(raw)

@@ -1,0 +1,60 @@
+"""A catalogue of bad job inputs, each with a fragment its error message must contain."""
+
+from __future__ import annotations
+
+import base64
+
+GOOD_B64 = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAgD4AAAB9AAACABAAZGF0YQAAAAA="  # valid WAV header, zero samples
+
+BAD_JOB_INPUTS: list[tuple[str, object, str]] = [
+    ("input not an object", "hello", "must be a JSON object"),
+    ("input a list", [1, 2], "must be a JSON object"),
+    ("input null", None, "must be a JSON object"),
+    ("no audio", {}, "no audio given"),
+    ("empty audio_url", {"audio_url": ""}, "no audio given"),
+    ("unknown key", {"audio_url": "https://x.test/a.wav", "languag": "en"}, "unknown input key"),
+    ("two unknown keys", {"audio": "https://x.test/a.wav", "foo": 1, "bar": 2}, "'bar', 'foo'"),
+    ("two sources", {"audio_url": "https://x.test/a.wav", "audio_base64": GOOD_B64}, "exactly one audio source"),
+    ("audio and alias", {"audio_url": "https://x.test/a.wav", "audio": "https://x.test/b.wav"}, "exactly one"),
+    ("inputs plus single", {"inputs": [{"audio_url": "https://x.test/a.wav"}], "audio_url": "https://x.test/b.wav"}, "not both"),
+    ("inputs empty", {"inputs": []}, "non-empty list"),
+    ("inputs not list", {"inputs": "https://x.test/a.wav"}, "non-empty list"),
+    ("inputs item number", {"inputs": [42]}, "inputs[0] must be an object"),
+    ("inputs item unknown key", {"inputs": [{"audio_url": "https://x.test/a.wav", "lang": "en"}]}, "inputs[0]: unknown key"),
+    ("inputs item no audio", {"inputs": [{"format": "wav"}]}, "inputs[0]: no audio given"),
+    ("too many inputs", {"inputs": ["https://x.test/a.wav"] * 65}, "at most 64"),
+    ("audio_url not string", {"audio_url": 123}, "must be a string"),
+    ("audio_base64 not string", {"audio_base64": ["abc"]}, "must be a string"),
+    ("unknown action", {"action": "translate", "audio_url": "https://x.test/a.wav"}, "unknown action"),
+    ("info with extra", {"action": "info", "audio_url": "https://x.test/a.wav"}, "takes no other keys"),
+    ("timestamps string", {"audio_url": "https://x.test/a.wav", "timestamps": "yes"}, "'timestamps' must be true or false"),
+    ("timestamp alias number", {"audio_url": "https://x.test/a.wav", "timestamp": 1}, "'timestamp' must be true or false"),
+    ("both timestamp keys", {"audio_url": "https://x.test/a.wav", "timestamps": True, "timestamp": True}, "not both"),
+    ("bad output format", {"audio_url": "https://x.test/a.wav", "output_format": "docx"}, "'output_format' must be one of"),
+    ("output format case", {"audio_url": "https://x.test/a.wav", "output_format": "SRT"}, "'output_format' must be one of"),
+    ("local attention string", {"audio_url": "https://x.test/a.wav", "use_local_attention": "true"}, "must be true or false"),
+    ("chunk flag number", {"audio_url": "https://x.test/a.wav", "chunk_long_audio": 1}, "must be true or false"),
+    ("chunk duration without flag", {"audio_url": "https://x.test/a.wav", "chunk_duration": 30}, "need 'chunk_long_audio'"),
+    ("chunk duration string", {"audio_url": "https://x.test/a.wav", "chunk_long_audio": True, "chunk_duration": "30"}, "number of seconds"),
+    ("chunk duration too small", {"audio_url": "https://x.test/a.wav", "chunk_long_audio": True, "chunk_duration": 1}, "between 5 and 3600"),
+    ("chunk duration too big", {"audio_url": "https://x.test/a.wav", "chunk_long_audio": True, "chunk_duration": 1e6}, "between 5 and 3600"),
+    ("chunk duration nan", {"audio_url": "https://x.test/a.wav", "chunk_long_audio": True, "chunk_duration": float("nan")}, "number of seconds"),
+    ("chunk overlap negative", {"audio_url": "https://x.test/a.wav", "chunk_long_audio": True, "chunk_overlap": -1}, "between 0 and"),
+    ("chunk overlap too large", {"audio_url": "https://x.test/a.wav", "chunk_long_audio": True, "chunk_duration": 20, "chunk_overlap": 10}, "less than half"),
+    ("chunk and local", {"audio_url": "https://x.test/a.wav", "chunk_long_audio": True, "use_local_attention": True}, "choose one"),
+    ("format hint number", {"audio_url": "https://x.test/a.wav", "format": 7}, "'format' must be a short string"),
+    ("format hint empty", {"audio_url": "https://x.test/a.wav", "format": " "}, "'format' must be a short string"),
+    ("bool as chunk duration", {"audio_url": "https://x.test/a.wav", "chunk_long_audio": True, "chunk_duration": True}, "number of seconds"),
+]
+
+# Inputs that pass validation but fail while fetching or decoding the audio.
+BAD_AUDIO_INPUTS: list[tuple[str, dict, str]] = [
+    ("invalid base64", {"audio_base64": "this is not base64!!"}, "base64"),
+    ("base64 of text", {"audio_base64": base64.b64encode(b"hello world, not audio at all" * 20).decode()}, "not audio"),
+    ("zero-sample wav", {"audio_base64": GOOD_B64}, ""),
+    ("ftp url", {"audio_url": "ftp://example.com/a.wav"}, "ftp"),
+    ("file url", {"audio_url": "file:///etc/passwd"}, "file"),
+    ("loopback url refused", {"audio_url": "http://127.0.0.1:9/a.wav"}, "127.0.0.1"),
+    ("link-local url refused", {"audio_url": "http://169.254.169.254/latest/meta-data"}, "169.254.169.254"),
+    ("raw pcm without hint", {"audio_base64": base64.b64encode(bytes(range(256)) * 200).decode()}, "pcm_s16le"),
+]

@@ -1,0 +1,51 @@
+"""Job input validation: every bad input gets an error naming the problem; good inputs become typed requests."""
+
+from __future__ import annotations
+
+import pytest
+
+from errors import InputError
+from job_input import InfoRequest, TranscribeRequest, parse_job_input
+from tests.bad_inputs import BAD_JOB_INPUTS
+
+
+@pytest.mark.parametrize(("raw", "fragment"), [(r, f) for _, r, f in BAD_JOB_INPUTS],
+                         ids=[name for name, _, _ in BAD_JOB_INPUTS])
+def test_bad_input_is_refused_with_a_clear_message(raw: object, fragment: str) -> None:
+    with pytest.raises(InputError) as info:
+        parse_job_input(raw)
+    assert fragment in str(info.value)
+
+
+def test_catalogue_is_large_enough() -> None:
+    assert len(BAD_JOB_INPUTS) >= 35
+
+
+def test_single_url_with_every_option() -> None:
+    request = parse_job_input({
+        "audio": "https://bucket.s3.amazonaws.com/a.mp3?X-Amz-Signature=abc", "format": "mp3", "timestamp": True,
+        "output_format": "vtt", "chunk_long_audio": True, "chunk_duration": 30, "chunk_overlap": 4,
+    })
+    assert isinstance(request, TranscribeRequest)
+    assert request.sources[0].kind == "url" and request.sources[0].format_hint == "mp3"
+    assert request.sources[0].describe() == "https://bucket.s3.amazonaws.com/a.mp3"  # no signature in logs
+    assert request.timestamps and request.output_format == "vtt" and not request.multiple
+    assert (request.chunk_long_audio, request.chunk_duration_s, request.chunk_overlap_s) == (True, 30.0, 4.0)
+
+
+def test_inputs_list_mixes_urls_and_base64_with_a_shared_format_hint() -> None:
+    request = parse_job_input({"inputs": ["https://x.test/a.wav", {"audio_base64": "AAAA", "format": "pcm_s16le"}],
+                               "format": "wav"})
+    assert isinstance(request, TranscribeRequest) and request.multiple
+    assert [(s.kind, s.format_hint) for s in request.sources] == [("url", "wav"), ("base64", "pcm_s16le")]
+
+
+def test_info_and_websocket_actions() -> None:
+    assert isinstance(parse_job_input({"action": "info"}), InfoRequest)
+    raw = {"action": "websocket", "max_session_s": 60}
+    assert parse_job_input(raw) is raw
+
+
+def test_use_local_attention_false_means_full_attention_only() -> None:
+    request = parse_job_input({"audio_url": "https://x.test/a.wav", "use_local_attention": False})
+    assert isinstance(request, TranscribeRequest) and request.use_local_attention is False
