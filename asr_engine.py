@@ -14,7 +14,6 @@ import concurrent.futures
 import contextlib
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,12 +27,12 @@ from chunking import Window, merge_windows, plan_windows
 from errors import AudioTooLongError, EmptyAudioError, EngineClosedError, EngineOverloadedError, InputError
 from inference import (
     SAMPLE_RATE_HZ,
-    SEGMENT_GAP_S,
     Recognizer,
     SegmentTiming,
     TokenTiming,
     Transcript,
     WordTiming,
+    segments_from_words,
 )
 from model_loader import LoadedModel, load_model
 from settings import Settings
@@ -118,11 +117,21 @@ class EngineInfo:
 
 
 # --- work items ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Done:
+    """What the worker thread hands back for one item."""
+
+    transcript: Transcript
+    queue_wait_s: float
+    batch_size: int
+
+
 @dataclass
 class _BatchItem:
     audio: np.ndarray
     timestamps: bool
-    future: concurrent.futures.Future[Transcript]
+    owner: concurrent.futures.Future  # the caller's future: once cancelled, the item is skipped
+    future: concurrent.futures.Future[_Done] = field(default_factory=concurrent.futures.Future)
     enqueued: float = field(default_factory=time.monotonic)
 
     @property
@@ -134,29 +143,13 @@ class _BatchItem:
 class _ExclusiveItem:
     """Work that must run alone on the model (it changes the attention mode for its duration)."""
 
-    run: Callable[[], None]
-    future: concurrent.futures.Future[object]
+    run: Callable[[], Transcript]
+    owner: concurrent.futures.Future
+    future: concurrent.futures.Future[_Done] = field(default_factory=concurrent.futures.Future)
     enqueued: float = field(default_factory=time.monotonic)
 
 
 _STOP = object()
-
-
-def segments_from_words(words: tuple[WordTiming, ...] | list[WordTiming]) -> tuple[SegmentTiming, ...]:
-    """Segments end at sentence punctuation or at a pause of at least ``SEGMENT_GAP_S``."""
-    segments: list[SegmentTiming] = []
-    current: list[WordTiming] = []
-    for word in words:
-        if current and word.start - current[-1].end >= SEGMENT_GAP_S:
-            segments.append(SegmentTiming(" ".join(w.word for w in current), current[0].start, current[-1].end))
-            current = []
-        current.append(word)
-        if re.search(r"[.!?]$", word.word):
-            segments.append(SegmentTiming(" ".join(w.word for w in current), current[0].start, current[-1].end))
-            current = []
-    if current:
-        segments.append(SegmentTiming(" ".join(w.word for w in current), current[0].start, current[-1].end))
-    return tuple(segments)
 
 
 def default_full_attention_max_s(device: torch.device) -> float:
@@ -242,17 +235,16 @@ class ParakeetEngine:
         duration = audio.shape[0] / SAMPLE_RATE_HZ
         self._check(audio, duration, opts)
         started = time.monotonic()
+        # Left PENDING so that cancelling it (an asyncio caller cancelled) works: queued work for it is skipped.
         result: concurrent.futures.Future[TranscriptionResult] = concurrent.futures.Future()
-        result.set_running_or_notify_cancel()
         if opts.chunked:
             self._submit_chunked(audio, opts, result, started, progress)
         elif opts.attention == "local" or (opts.attention == "auto" and duration > self.full_attention_max_s):
             self._submit_local(audio, opts, result, started)
         else:
-            item = _BatchItem(audio, opts.timestamps, concurrent.futures.Future())
+            item = _BatchItem(audio, opts.timestamps, result)
             self._put(item)
-            item.future.add_done_callback(
-                lambda f: self._finish(result, f, opts, duration, started, "full", None, item.enqueued))
+            item.future.add_done_callback(lambda f: self._finish(result, f, opts, duration, started, "full", None))
         return result
 
     # --- request paths ----------------------------------------------------------------------------------------
@@ -278,40 +270,39 @@ class ParakeetEngine:
             raise EngineOverloadedError(
                 f"the engine queue is full ({self.options.max_queue} items); retry later") from None
 
-    def _finish(self, result: concurrent.futures.Future[TranscriptionResult], done: concurrent.futures.Future,
+    def _finish(self, result: concurrent.futures.Future[TranscriptionResult], done: concurrent.futures.Future[_Done],
                 opts: TranscribeOptions, duration: float, started: float, attention: str,
-                chunking: ChunkingInfo | None, enqueued: float, batch_size: int = 1) -> None:
-        if result.done():
+                chunking: ChunkingInfo | None) -> None:
+        if result.done() or done.cancelled():
             return
         error = done.exception()
         if error is not None:
             result.set_exception(error)
             return
-        transcript: Transcript = done.result()
+        outcome = done.result()
+        transcript = outcome.transcript
         words = transcript.words
         result.set_result(TranscriptionResult(
             text=transcript.text, duration_s=duration, words=words if opts.timestamps else (),
-            segments=segments_from_words(words) if opts.timestamps else (),
+            segments=transcript.segments if opts.timestamps else (),
             tokens=transcript.tokens if opts.timestamps else (), has_timestamps=opts.timestamps,
             model=self.loaded.source.name, device=str(self.loaded.device),
             dtype=str(self.loaded.dtype).replace("torch.", ""), attention=attention, chunking=chunking,
-            processing_s=time.monotonic() - started, queue_wait_s=getattr(done, "queue_wait_s", 0.0),
-            batch_size=getattr(done, "batch_size", batch_size),
+            processing_s=time.monotonic() - started, queue_wait_s=outcome.queue_wait_s,
+            batch_size=outcome.batch_size,
         ))
 
     def _submit_local(self, audio: np.ndarray, opts: TranscribeOptions,
                       result: concurrent.futures.Future[TranscriptionResult], started: float) -> None:
-        inner: concurrent.futures.Future[object] = concurrent.futures.Future()
-
-        def run() -> None:
+        def run() -> Transcript:
             with self.local_attention():
-                inner.set_result(self.recognizer.transcribe([audio], timestamps=opts.timestamps)[0])
+                return self.recognizer.transcribe([audio], timestamps=opts.timestamps)[0]
 
-        item = _ExclusiveItem(run, inner)
+        item = _ExclusiveItem(run, result)
         self._put(item)
         label = f"local[{LOCAL_ATTENTION_CONTEXT[0]},{LOCAL_ATTENTION_CONTEXT[1]}]"
-        inner.add_done_callback(lambda f: self._finish(result, f, opts, audio.shape[0] / SAMPLE_RATE_HZ, started,
-                                                       label, None, item.enqueued))
+        item.future.add_done_callback(
+            lambda f: self._finish(result, f, opts, audio.shape[0] / SAMPLE_RATE_HZ, started, label, None))
 
     def _submit_chunked(self, audio: np.ndarray, opts: TranscribeOptions,
                         result: concurrent.futures.Future[TranscriptionResult], started: float,
@@ -325,7 +316,7 @@ class ParakeetEngine:
             windows = plan_windows(audio.shape[0], chunk_s, overlap_s)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        items = [_BatchItem(audio[w.start_sample:w.end_sample], True, concurrent.futures.Future()) for w in windows]
+        items = [_BatchItem(audio[w.start_sample:w.end_sample], True, result) for w in windows]
         info = ChunkingInfo(chunk_s=chunk_s, overlap_s=overlap_s, windows=len(windows))
         remaining = [len(items)]
         lock = threading.Lock()
@@ -338,14 +329,17 @@ class ParakeetEngine:
                 progress({"stage": "transcribing", "chunks_done": len(items) - left, "chunks_total": len(items)})
             if left:
                 return
-            merged: concurrent.futures.Future[Transcript] = concurrent.futures.Future()
+            if result.done():  # cancelled by the caller: the remaining windows were skipped
+                return
+            merged: concurrent.futures.Future[_Done] = concurrent.futures.Future()
             failed = next((i.future.exception() for i in items if i.future.exception() is not None), None)
             if failed is not None:
                 merged.set_exception(failed)
             else:
-                merged.set_result(self._merge(windows, [i.future.result() for i in items]))
-            self._finish(result, merged, opts, audio.shape[0] / SAMPLE_RATE_HZ, started, "full", info,
-                         items[0].enqueued, batch_size=len(items))
+                done = [i.future.result() for i in items]
+                merged.set_result(_Done(self._merge(windows, [d.transcript for d in done]),
+                                        queue_wait_s=done[0].queue_wait_s, batch_size=max(d.batch_size for d in done)))
+            self._finish(result, merged, opts, audio.shape[0] / SAMPLE_RATE_HZ, started, "full", info)
 
         for item in items:
             self._put(item)
@@ -371,7 +365,7 @@ class ParakeetEngine:
                     tokens.append(tok)
         duration = windows[-1].end_s
         return Transcript(text=" ".join(w.word for w in words), duration_s=duration, words=tuple(words),
-                          segments=(), tokens=tuple(tokens), has_timestamps=True)
+                          segments=segments_from_words(words), tokens=tuple(tokens), has_timestamps=True)
 
     # --- attention mode -----------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -450,6 +444,11 @@ class ParakeetEngine:
         return groups
 
     def _run_batch(self, group: list[_BatchItem]) -> None:
+        for item in [i for i in group if i.owner.cancelled()]:
+            item.future.cancel()
+        group = [i for i in group if not i.future.cancelled()]
+        if not group:
+            return
         now = time.monotonic()
         timestamps = any(i.timestamps for i in group)
         try:
@@ -464,18 +463,20 @@ class ParakeetEngine:
             group[0].future.set_exception(exc)
             return
         for item, transcript in zip(group, transcripts):
-            item.future.queue_wait_s = now - item.enqueued  # type: ignore[attr-defined]
-            item.future.batch_size = len(group)  # type: ignore[attr-defined]
-            item.future.set_result(transcript)
+            item.future.set_result(_Done(transcript, queue_wait_s=now - item.enqueued, batch_size=len(group)))
 
     def _run_exclusive(self, item: _ExclusiveItem) -> None:
-        item.future.queue_wait_s = time.monotonic() - item.enqueued  # type: ignore[attr-defined]
+        if item.owner.cancelled():
+            item.future.cancel()
+            return
+        waited = time.monotonic() - item.enqueued
         try:
-            item.run()
+            transcript = item.run()
         except Exception as exc:  # reported to the caller; the worker goes on
             logger.exception("exclusive inference failed")
-            if not item.future.done():
-                item.future.set_exception(exc)
+            item.future.set_exception(exc)
+            return
+        item.future.set_result(_Done(transcript, queue_wait_s=waited, batch_size=1))
 
     def _fail_pending(self) -> None:
         while True:

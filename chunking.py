@@ -6,7 +6,7 @@ made in the middle of the agreeing run: the left window keeps the words before i
 from it on. Words cut in half at a window's edge lie inside the overlap and disagree with the other window's
 complete version, so they fall outside the agreeing run and are dropped in favour of the complete one. When the
 windows share no word in the overlap (silence, or nothing matched), the cut falls at the overlap's midpoint by
-word centre. Either way each word of the audio is emitted once.
+word centre. Either way each word of the audio is emitted once, and words stay in time order.
 """
 
 from __future__ import annotations
@@ -73,9 +73,16 @@ def merge_seam(left: Sequence[WordTiming], right: Sequence[WordTiming], overlap_
         mid = best.size // 2
         cut_left = li[best.a + mid]  # first left word NOT kept
         cut_right = ri[best.b + mid]  # first right word kept
-        return list(left[:cut_left]), list(right[cut_right:])
-    middle = (overlap_start + overlap_end) / 2
-    return [w for w in left if _centre(w) < middle], [w for w in right if _centre(w) >= middle]
+        kept_left, kept_right = list(left[:cut_left]), list(right[cut_right:])
+    else:
+        middle = (overlap_start + overlap_end) / 2
+        kept_left = [w for w in left if _centre(w) < middle]
+        kept_right = [w for w in right if _centre(w) >= middle]
+    # A word match far apart in time (a common word heard twice) must not put words out of order.
+    if kept_left:
+        last = _centre(kept_left[-1])
+        kept_right = [w for w in kept_right if _centre(w) > last]
+    return kept_left, kept_right
 
 
 def merge_windows(windows: Sequence[Window], words: Sequence[Sequence[WordTiming]]) -> list[WordTiming]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +61,24 @@ class Transcript:
     has_timestamps: bool = False
 
 
+def segments_from_words(words: Sequence[WordTiming]) -> tuple[SegmentTiming, ...]:
+    """Segments end at sentence punctuation or at a pause of at least ``SEGMENT_GAP_S``."""
+    segments: list[SegmentTiming] = []
+    current: list[WordTiming] = []
+    for word in words:
+        if current and word.start - current[-1].end >= SEGMENT_GAP_S:
+            segments.append(SegmentTiming(" ".join(w.word for w in current), current[0].start, current[-1].end))
+            current = []
+        current.append(word)
+        if re.search(r"[.!?]$", word.word):
+            segments.append(SegmentTiming(" ".join(w.word for w in current), current[0].start, current[-1].end))
+            current = []
+    if current:
+        segments.append(SegmentTiming(" ".join(w.word for w in current), current[0].start, current[-1].end))
+    return tuple(segments)
+
+
+
 class Recognizer:
     """Owns the model's inference path; call only from one thread at a time."""
 
@@ -79,7 +99,6 @@ class Recognizer:
             with open_dict(cfg):
                 cfg.compute_timestamps = timestamps
                 cfg.preserve_alignments = False
-                cfg.segment_gap_threshold = int(round(SEGMENT_GAP_S / self.frame_s)) if timestamps else None
             return RNNTBPEDecoding(
                 decoding_cfg=cfg, decoder=self.model.decoder, joint=self.model.joint, tokenizer=self.model.tokenizer
             )
@@ -102,7 +121,10 @@ class Recognizer:
     @torch.inference_mode()
     def decode(self, enc: torch.Tensor, enc_len: torch.Tensor, timestamps: bool) -> list[Any]:
         decoding = self._decoding_timestamps if timestamps else self._decoding_plain
-        return decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len)
+        # Without return_hypotheses=True NeMo rebuilds bare Hypothesis(score, y_sequence, text) objects and the
+        # timestamps it has just computed are dropped.
+        return decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len,
+                                                        return_hypotheses=True)
 
     def transcribe(self, audio: list[np.ndarray], timestamps: bool = False) -> list[Transcript]:
         if not audio:
@@ -123,7 +145,7 @@ class Recognizer:
             return round(start, 3), round(max(end, start), 3)
 
         words = tuple(WordTiming(w["word"], *seconds(w)) for w in stamps.get("word", []))
-        segments = tuple(SegmentTiming(s["segment"], *seconds(s)) for s in stamps.get("segment", []))
+        segments = segments_from_words(words)
         tokens = tuple(TokenTiming("".join(c["char"]) if isinstance(c["char"], list) else c["char"], *seconds(c))
                        for c in stamps.get("char", []))
         return Transcript(text=text, duration_s=duration_s, words=words, segments=segments, tokens=tokens,

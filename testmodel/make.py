@@ -97,6 +97,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=TrainOptions.steps)
     parser.add_argument("--batch-audio-s", type=float, default=TrainOptions.batch_audio_s)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="continue training this .nemo (same corpus and tokenizer) instead of a fresh model")
+    parser.add_argument("--lr", type=float, default=TrainOptions.lr)
+    parser.add_argument("--warmup-steps", type=int, default=TrainOptions.warmup_steps)
+    parser.add_argument("--curriculum-steps", type=int, default=TrainOptions.curriculum_steps)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -106,8 +111,15 @@ def main() -> None:
     specs_seen, specs_unseen, specs_dev, specs_train = plan.seen, plan.unseen, plan.dev, plan.train
 
     with tempfile.TemporaryDirectory(prefix="testmodel-") as tmp:
-        tokenizer_dir = architecture.train_tokenizer(train_sentences, Path(tmp) / "tokenizer", architecture.TEST_SIZE.vocab_size)
-        model = architecture.build_model(architecture.TEST_SIZE, tokenizer_dir, dropout=0.0)
+        if args.resume is not None:
+            from nemo.collections.asr.models import EncDecRNNTBPEModel
+
+            model = EncDecRNNTBPEModel.restore_from(str(args.resume), map_location="cpu")
+            logger.info("continuing training of %s", args.resume)
+        else:
+            tokenizer_dir = architecture.train_tokenizer(train_sentences, Path(tmp) / "tokenizer",
+                                                         architecture.TEST_SIZE.vocab_size)
+            model = architecture.build_model(architecture.TEST_SIZE, tokenizer_dir, dropout=0.0)
 
         def render(specs: list[corpus.UtteranceSpec]) -> list[tuple[corpus.UtteranceSpec, np.ndarray]]:
             kept = []
@@ -125,7 +137,8 @@ def main() -> None:
         examples = [Example(a, model.tokenizer.text_to_ids(s.text)) for s, a in train_set]
         dev_clips = [(a, s.text) for s, a in dev_set]
 
-        opts = replace(TrainOptions(), steps=args.steps, batch_audio_s=args.batch_audio_s, seed=args.seed)
+        opts = replace(TrainOptions(), steps=args.steps, batch_audio_s=args.batch_audio_s, seed=args.seed,
+                       lr=args.lr, warmup_steps=args.warmup_steps, curriculum_steps=args.curriculum_steps)
         curve = train(model, examples, opts, evaluate=lambda step: dev_wer(model, dev_clips))
 
         out: Path = args.out

@@ -71,3 +71,12 @@ def test_merge_windows_recovers_the_sequence_from_many_noisy_windows() -> None:
         per_window.append(words)
     merged = merge_windows(windows, per_window)
     assert [w.word for w in merged] == [name for name, _ in truth]
+
+
+def test_a_spurious_match_far_apart_in_time_keeps_words_in_order() -> None:
+    # "the" is heard by both windows but at different times: matching them must not reorder words
+    left = _words([("set", 26.2), ("the", 28.9)])
+    right = _words([("the", 26.4), ("timer", 27.0), ("now", 30.2)])
+    kept_left, kept_right = merge_seam(left, right, 26.0, 30.0)
+    starts = [w.start for w in kept_left + kept_right]
+    assert starts == sorted(starts)

@@ -1,0 +1,179 @@
+"""RunPod serverless worker: validate the job, decode the audio, run the shared engine, shape the output.
+
+    python rp_handler.py                          # on RunPod (or with test_input.json locally)
+    python rp_handler.py --rp_serve_api           # local /run, /runsync, /status API
+    python rp_handler.py --test_input '{"input": {"audio_url": "https://..."}}'
+
+The model is loaded and warmed before the SDK starts taking jobs. The handler is ``async``: audio decoding runs
+in threads and inference on the engine's own thread, so several jobs share one engine (``PARAKEET_CONCURRENCY``)
+and the SDK's event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import runpod
+
+from asr_engine import ParakeetEngine, TranscribeOptions, TranscriptionResult
+from audio_utils import DecodedAudio, load_audio_input
+from errors import ModelLoadError, ParakeetError
+from job_input import AudioSource, InfoRequest, TranscribeRequest, parse_job_input
+from settings import Settings
+from subtitles import cues_from_words, to_srt, to_vtt
+
+logger = logging.getLogger("rp_handler")
+
+PROGRESS_INTERVAL_S = 2.0
+
+
+def error_output(exc: ParakeetError | str, code: str | None = None) -> dict[str, Any]:
+    """The job output for a user mistake: the job is FAILED with a readable reason; the worker keeps serving."""
+    if isinstance(exc, ParakeetError):
+        return {"error": str(exc), "error_code": exc.code, "success": False}
+    return {"error": exc, "error_code": code or "error", "success": False}
+
+
+def shape_result(result: TranscriptionResult, request: TranscribeRequest) -> dict[str, Any]:
+    out: dict[str, Any] = {"text": result.text}
+    if request.output_format != "text":
+        out["segments"] = [{"id": i, "start": s.start, "end": s.end, "text": s.segment}
+                           for i, s in enumerate(result.segments)]
+    if request.timestamps:
+        out["timestamps"] = {
+            "word": [{"start": w.start, "end": w.end, "word": w.word} for w in result.words],
+            "segment": [{"start": s.start, "end": s.end, "segment": s.segment} for s in result.segments],
+            "char": [{"start": t.start, "end": t.end, "char": t.char} for t in result.tokens],
+        }
+    if request.output_format in ("srt", "vtt"):
+        cues = cues_from_words(result.words, result.segments)
+        out[request.output_format] = to_srt(cues) if request.output_format == "srt" else to_vtt(cues)
+    out.update(
+        duration=round(result.duration_s, 3),
+        processing_time=round(result.processing_s, 3),
+        rtfx=round(result.duration_s / result.processing_s, 1) if result.processing_s > 0 else None,
+        model=result.model, device=result.device, dtype=result.dtype, attention=result.attention,
+        chunking=asdict(result.chunking) if result.chunking else None,
+        success=True,
+    )
+    return out
+
+
+class TranscriptionService:
+    """The handler's state: the engine and the settings. ``handle`` is the RunPod handler."""
+
+    def __init__(self, engine: ParakeetEngine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    def concurrency(self, current: int) -> int:
+        return self.settings.concurrency
+
+    def info(self) -> dict[str, Any]:
+        info = asdict(self.engine.info())
+        info["languages"] = list(info["languages"])
+        info["local_attention_context"] = list(info["local_attention_context"])
+        info["limits"] = {
+            "max_audio_s": self.settings.max_audio_s, "full_attention_max_s": info.pop("full_attention_max_s"),
+            "max_download_bytes": self.settings.max_download_bytes, "concurrency": self.settings.concurrency,
+            "runpod_payload_mb": {"run": 10, "runsync": 20},
+        }
+        info["success"] = True
+        return info
+
+    async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            request = parse_job_input(job.get("input"))
+        except ParakeetError as exc:
+            logger.info("job %s refused: %s", job.get("id"), exc)
+            return error_output(exc)
+        if isinstance(request, InfoRequest):
+            return self.info()
+        if isinstance(request, Mapping):  # action == "websocket"
+            return error_output("the websocket action is not available on this worker yet", "not_implemented")
+        reporter = _Progress(job)
+        with tempfile.TemporaryDirectory(prefix="job-") as work_dir:
+            outcomes = await asyncio.gather(
+                *(self._one(source, request, Path(work_dir), reporter) for source in request.sources),
+                return_exceptions=True,
+            )
+        results: list[dict[str, Any]] = []
+        for source, outcome in zip(request.sources, outcomes):
+            if isinstance(outcome, ParakeetError):
+                logger.info("job %s: %s failed: %s", job.get("id"), source.describe(), outcome)
+                results.append(error_output(outcome))
+            elif isinstance(outcome, BaseException):
+                raise outcome  # a bug: let the SDK record the traceback
+            else:
+                results.append(outcome)
+        if not request.multiple:
+            return results[0]
+        ok = sum(1 for r in results if r["success"])
+        summary: dict[str, Any] = {"results": results, "success": ok > 0,
+                                   "processing_time": round(time.monotonic() - started, 3)}
+        if ok == 0:
+            summary["error"] = f"all {len(results)} inputs failed; first: {results[0]['error']}"
+        return summary
+
+    async def _one(self, source: AudioSource, request: TranscribeRequest, work_dir: Path,
+                   reporter: _Progress) -> dict[str, Any]:
+        audio: DecodedAudio = await asyncio.to_thread(
+            load_audio_input, source.value, format_hint=source.format_hint, limits=self.settings.audio_limits(),
+            s3=self.settings.s3, work_dir=work_dir,
+        )
+        reporter.update({"stage": "transcribing", "audio_seconds": round(audio.duration_s, 3)})
+        attention = {None: "auto", True: "local", False: "full"}[request.use_local_attention]
+        options = TranscribeOptions(
+            timestamps=True,  # segments are always returned; word/char timestamps only when asked
+            attention=attention, chunked=request.chunk_long_audio, chunk_s=request.chunk_duration_s,
+            overlap_s=request.chunk_overlap_s,
+        )
+        result = await self.engine.transcribe(audio.samples, options, progress=reporter.update)
+        return shape_result(result, request)
+
+
+class _Progress:
+    """Throttled ``progress_update`` (the SDK posts each update from its own thread, so any thread may call)."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        self.last = 0.0
+
+    def update(self, payload: dict[str, Any]) -> None:
+        # Each SDK update is posted from its own thread and may overtake the one before, or the job's result:
+        # spacing them out keeps their order, and the last one is never forced out right before the result.
+        now = time.monotonic()
+        if now - self.last < PROGRESS_INTERVAL_S:
+            return
+        self.last = now
+        if "id" in self.job:
+            runpod.serverless.progress_update(self.job, payload)
+
+
+def main() -> None:
+    # `import runpod` installs its own root handler; force ours so the worker's logs keep one format.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    settings = Settings.from_env()
+    try:
+        engine = ParakeetEngine.from_settings(settings, settings.engine_options())
+    except ModelLoadError as exc:
+        logger.error("%s", exc)
+        sys.exit(2)
+    info = engine.info()
+    logger.info("ready: %s (%s, %s parameters) on %s/%s, load %.1f s, warm-up %.2f s", info.model, info.source,
+                f"{info.parameters:,}", info.device, info.dtype, info.load_seconds, info.warmup_seconds)
+    service = TranscriptionService(engine, settings)
+    runpod.serverless.start({"handler": service.handle, "concurrency_modifier": service.concurrency})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""rp_handler.py as RunPod runs it: the SDK's real production job loop against the local platform stand-in,
+the SDK's local API server (--rp_serve_api) and --test_input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from testmodel.heldout import MODEL_PATH, build_long_audio
+from tests.runpod_platform import FakeRunpodPlatform, JobState, WorkerProcess, run_worker
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 120.0  # NeMo import + model load + warm-up on a busy 2-core machine
+JOB_TIMEOUT_S = 60.0
+WORKER_ENV = {"PARAKEET_MODEL": str(MODEL_PATH), "PARAKEET_ALLOW_PRIVATE_URLS": "1", "PARAKEET_CONCURRENCY": "3",
+              "PARAKEET_CPU_THREADS": "2"}
+
+
+def flac_b64(audio) -> str:
+    buf = io.BytesIO()
+    sf.write(buf, audio, 16_000, format="FLAC")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, heldout_clips) -> Iterator[str]:
+    """A local HTTP server with a 4-minute file (long enough for progress updates and a cancel)."""
+    root = tmp_path_factory.mktemp("www")
+    sf.write(root / "long.flac", build_long_audio(heldout_clips, minutes=4).audio, 16_000)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root)))
+    SimpleHTTPRequestHandler.log_message = lambda *a: None  # type: ignore[method-assign]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory) -> Iterator[tuple[FakeRunpodPlatform, WorkerProcess]]:
+    with FakeRunpodPlatform() as platform, run_worker("rp_handler.py", platform, WORKER_ENV,
+                                                      log_dir=tmp_path_factory.mktemp("log")) as proc:
+        try:
+            platform.wait_for_worker(START_TIMEOUT_S)
+        except TimeoutError as err:
+            raise AssertionError(f"{err}\n--- worker log ---\n{proc.log_tail()}") from err
+        yield platform, proc
+        assert not platform.protocol_errors(), platform.protocol_errors()
+
+
+def result(worker, job_id: str, timeout: float = JOB_TIMEOUT_S) -> dict:
+    platform, proc = worker
+    try:
+        return platform.wait_for_result(job_id, timeout)
+    except TimeoutError as err:
+        raise AssertionError(f"{err}\n--- worker log ---\n{proc.log_tail()}") from err
+
+
+def test_job_through_the_production_loop(worker, heldout_clips, recognizer) -> None:
+    platform, _ = worker
+    clip = heldout_clips[3]
+    out = result(worker, platform.submit({"audio_base64": flac_b64(clip.audio), "timestamps": True}))["output"]
+    assert out["success"] and out["text"] == recognizer.transcribe([clip.audio])[0].text
+    assert out["timestamps"]["word"] and out["segments"]
+
+
+def test_bad_job_fails_with_its_reason_and_the_worker_goes_on(worker, heldout_clips) -> None:
+    platform, _ = worker
+    bad = result(worker, platform.submit({"audio_url": "https://x.test/a.wav", "languge": "en"}))
+    assert "unknown input key" in bad["error"] and bad["output"]["success"] is False
+    good = result(worker, platform.submit({"audio_base64": flac_b64(heldout_clips[0].audio)}))
+    assert good["output"]["success"]
+
+
+def test_long_job_reports_progress_while_short_jobs_run_beside_it(worker, files, heldout_clips) -> None:
+    platform, _ = worker
+    long_id = platform.submit({"audio_url": f"{files}/long.flac", "chunk_long_audio": True, "chunk_duration": 20})
+    platform.wait_for_progress(long_id, lambda p: any(u.get("stage") == "transcribing" for u in p), JOB_TIMEOUT_S)
+    short_id = platform.submit({"audio_base64": flac_b64(heldout_clips[1].audio)})
+    short = result(worker, short_id)
+    assert short["output"]["success"]
+    assert platform.state(long_id) in (JobState.IN_PROGRESS, JobState.COMPLETED)
+    long = result(worker, long_id)["output"]
+    assert long["success"] and long["duration"] >= 240 and long["chunking"]["windows"] >= 12
+    updates = platform.progress(long_id)
+    assert any("chunks_total" in u for u in updates), updates
+
+
+def test_cancelled_job_stops_and_the_worker_takes_the_next(worker, files, heldout_clips) -> None:
+    platform, _ = worker
+    long_id = platform.submit({"audio_url": f"{files}/long.flac", "use_local_attention": True})
+    platform.wait_for_progress(long_id, lambda p: bool(p), JOB_TIMEOUT_S)
+    assert platform.cancel(long_id) == JobState.IN_PROGRESS
+    good = result(worker, platform.submit({"audio_base64": flac_b64(heldout_clips[0].audio)}))
+    assert good["output"]["success"]
+    assert platform.state(long_id) == JobState.CANCELLED and platform.result(long_id) is None
+
+
+def test_unloadable_model_exits_with_instructions(tmp_path) -> None:
+    env = {**os.environ, "PARAKEET_MODEL": str(tmp_path / "missing.nemo")}
+    done = subprocess.run([sys.executable, "rp_handler.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "does not exist" in done.stderr and "tests/assets/parakeet-tdt-test.nemo" in done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload: dict, timeout: float = JOB_TIMEOUT_S) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=JOB_TIMEOUT_S) as response:
+        return json.loads(response.read())
+
+
+def test_local_api_server_run_status_and_runsync(tmp_path, heldout_clips, recognizer) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")} | WORKER_ENV
+    log = (tmp_path / "api.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-u", "rp_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+                             "--rp_api_port", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "api.log").read_text()[-3000:]
+                time.sleep(0.5)
+        clip = heldout_clips[4]
+        sync = _post(f"http://127.0.0.1:{port}/runsync", {"input": {"audio_base64": flac_b64(clip.audio)}})
+        assert sync["status"] == "COMPLETED" and sync["output"]["text"] == recognizer.transcribe([clip.audio])[0].text
+        job = _post(f"http://127.0.0.1:{port}/run", {"input": {"audio_base64": flac_b64(clip.audio)}})
+        status = _post(f"http://127.0.0.1:{port}/status/{job['id']}", {})
+        assert status["status"] == "COMPLETED" and status["output"]["text"] == sync["output"]["text"]
+        failed = _post(f"http://127.0.0.1:{port}/runsync", {"input": {"output_format": "pdf", "audio": "https://x.test/a"}})
+        assert failed["status"] == "FAILED" and "output_format" in failed["error"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_test_input_flag_and_test_input_json(tmp_path, heldout_clips) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")} | WORKER_ENV
+    clip = heldout_clips[5]
+    job = json.dumps({"input": {"audio_base64": flac_b64(clip.audio), "output_format": "vtt"}})
+    done = subprocess.run([sys.executable, "rp_handler.py", "--test_input", job], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "WEBVTT" in done.stdout + done.stderr
+    # with no flag the SDK reads test_input.json from the working directory (the repo's own file)
+    done = subprocess.run([sys.executable, "rp_handler.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "'success': True" in output and "'timestamps': {'word'" in output  # the SDK prints the output dict
