@@ -1,0 +1,468 @@
+"""Batched streaming recognition with an offline (full-context) Parakeet-TDT model.
+
+Parakeet-TDT was trained with full attention, so it cannot stream natively. It is streamed the way NeMo's
+buffered RNN-T/TDT streaming does it: every step re-encodes a window ``[left context | chunk | right context]``
+of the stream's audio, keeps only the encoder frames of the chunk, and decodes them with the label-looping TDT
+greedy decoder starting from the decoder state left by the previous chunk. Tokens decoded from chunk frames are
+committed (they never change); the right-context frames are decoded from the post-chunk state without keeping
+the result, which gives a *draft* of what comes next (it may still change). Theoretical latency is chunk +
+right context; compute is about ``(left + chunk + right) / chunk`` times offline.
+
+Unlike NeMo's ``BufferedRNNTPipeline`` (a frame-synchronous pipeline that owns its streams, expects every stream
+to contribute exactly one chunk-sized frame per call and brings ITN/endpointing/translation machinery), this
+module owns no scheduling: the engine's worker thread keeps any number of :class:`StreamState` objects, feeds
+them audio of any size at any time (:meth:`StreamingRecognizer.accept`) and, whenever it likes, runs one batched
+:meth:`StreamingRecognizer.step` over the streams that are :meth:`~StreamingRecognizer.ready` — streams of
+different ages and positions share one encoder forward and one decoder call.
+
+Exactness (checked by ``tests/test_streaming.py``):
+
+* chunk boundaries fall on encoder frames (80 ms = 1,280 samples for Parakeet: a 10 ms feature hop subsampled
+  8x), so frame ``j`` of a window that starts at sample ``s`` is exactly absolute frame ``s / 1280 + j`` and
+  chunks tile the encoder time axis with no gap or overlap;
+* decoding chunk after chunk with the carried state is token-identical to decoding the same frames at once;
+* when the window covers the whole clip, the encoder sees exactly what the offline path sees, so streaming and
+  offline text are identical.
+
+Not thread-safe: call everything from one thread (the engine's worker). The model is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import open_dict
+
+from errors import EngineOverloadedError
+from inference import SAMPLE_RATE_HZ, Recognizer, WordTiming
+
+ENCODER_FRAME_S = 0.08  # Parakeet: 10 ms feature hop x 8 subsampling
+SENTENCEPIECE_WORD_START = "\u2581"  # "▁" begins a new word in SentencePiece vocabularies
+_EPS = 1e-6
+
+
+class StreamBacklogError(EngineOverloadedError):
+    """A stream holds more undecoded audio than allowed: the engine is not keeping up (or the client sends audio
+    much faster than real time). The caller should slow down or be refused."""
+
+    code = "stream_backlog"
+
+
+def _frames(seconds: float, frame_s: float, name: str) -> int:
+    count = seconds / frame_s
+    if abs(count - round(count)) > _EPS:
+        raise ValueError(
+            f"{name}={seconds} s is not a multiple of the {frame_s * 1000:.0f} ms encoder frame; chunk and context "
+            f"boundaries must fall on encoder frames so chunks tile the encoder output exactly "
+            f"(use e.g. {round(count) * frame_s:.2f} s)"
+        )
+    return int(round(count))
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    """Window geometry and limits of streaming recognition (seconds).
+
+    ``left_s``, ``chunk_s`` and ``right_s`` must be multiples of the 80 ms encoder frame. Latency of committed
+    text is ``chunk_s + right_s`` plus compute; the draft shows the right context's words a chunk earlier.
+    """
+
+    left_s: float = 4.0  # audio before the chunk the encoder sees (context only, never decoded again)
+    chunk_s: float = 0.96  # audio decoded and committed per step
+    right_s: float = 0.96  # lookahead after the chunk: context for the encoder, and the draft
+    final_pad_s: float = 0.32  # silence appended by end(): gives the last word frames to be emitted in
+    draft: bool = True  # decode the right context into a draft each step
+    max_backlog_s: float = 30.0  # undecoded audio a stream may hold before accept() refuses more
+
+    def __post_init__(self) -> None:
+        if self.chunk_s <= 0:
+            raise ValueError(f"chunk_s must be positive, got {self.chunk_s}")
+        for name in ("left_s", "right_s", "final_pad_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        self.frames(ENCODER_FRAME_S)
+        if self.max_backlog_s < self.chunk_s + self.right_s + self.final_pad_s:
+            raise ValueError(
+                f"max_backlog_s={self.max_backlog_s} must hold at least chunk_s + right_s + final_pad_s "
+                f"({self.chunk_s + self.right_s + self.final_pad_s:.2f} s), or no stream could ever become ready"
+            )
+
+    def frames(self, frame_s: float) -> tuple[int, int, int]:
+        """(left, chunk, right) in encoder frames of ``frame_s`` seconds; ValueError if they do not divide."""
+        return (_frames(self.left_s, frame_s, "left_s"), _frames(self.chunk_s, frame_s, "chunk_s"),
+                _frames(self.right_s, frame_s, "right_s"))
+
+    @property
+    def window_s(self) -> float:
+        return self.left_s + self.chunk_s + self.right_s
+
+
+@dataclass(frozen=True)
+class Token:
+    """A decoded token: vocabulary id and its span in absolute encoder frames (``end`` = start + TDT duration)."""
+
+    id: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step (or the final flush) produced for one stream. Times are absolute audio seconds."""
+
+    stream_id: str
+    committed_text: str  # every committed word so far; only ever grows
+    new_words: tuple[WordTiming, ...]  # words committed by this step
+    draft_text: str  # the open last word plus the right context's lookahead; may change
+    committed_until_s: float  # audio up to here is decoded and committed
+    audio_end_s: float  # end of the audio this step looked at (chunk + right context)
+    final: bool  # the stream is finished; draft_text is empty and committed_text is the transcript
+
+    @property
+    def text(self) -> str:
+        """Committed text followed by the draft: what a partial transcript shows."""
+        return " ".join(t for t in (self.committed_text, self.draft_text) if t)
+
+
+@dataclass(eq=False)
+class StreamState:
+    """One live audio stream. Create with :meth:`StreamingRecognizer.new_stream`; mutated only by it.
+
+    Audio is kept from ``left context`` before the next chunk to the newest sample, in a buffer that is compacted
+    in place: it holds one window (left + chunk + right + final padding) while the stream is stepped in time and
+    grows, up to ``left_s + max_backlog_s + final_pad_s``, only while steps fall behind. Sample positions are
+    absolute (counted from the stream's first sample).
+    """
+
+    stream_id: str
+    offset_s: float  # absolute time of the stream's first sample (e.g. after an earlier finalised utterance)
+    audio: np.ndarray = field(repr=False)  # float32 storage; valid samples are audio[:audio_len]
+    audio_start: int = 0  # absolute sample index of audio[0]
+    audio_len: int = 0
+    received: int = 0  # samples accepted so far, including the final padding
+    padding: int = 0  # silence appended by end()
+    consumed: int = 0  # absolute sample index where the next chunk starts; everything before it is committed
+    ended: bool = False  # no more audio will come
+    done: bool = False  # the tail is decoded too
+    decoder_state: Any = field(default=None, repr=False)  # NeMo LabelLoopingStateItem after the last chunk
+    words: list[WordTiming] = field(default_factory=list)  # committed, complete words
+    committed_text: str = ""
+    open_word: list[Token] = field(default_factory=list)  # committed tokens of the word not yet closed
+    draft: list[Token] = field(default_factory=list)  # tokens decoded from the right context at the last step
+    steps: int = 0
+
+    @property
+    def pending_samples(self) -> int:
+        """Audio received but not yet committed."""
+        return self.received - self.consumed
+
+    @property
+    def audio_s(self) -> float:
+        """Seconds of real audio received (the final padding excluded)."""
+        return (self.received - self.padding) / SAMPLE_RATE_HZ
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One stream's part of a step, in absolute samples."""
+
+    window_start: int
+    chunk_start: int
+    chunk_end: int
+    window_end: int
+    final: bool
+
+
+class StreamingRecognizer:
+    """Streams many audio streams through one offline TDT model: per :meth:`step`, one batched encoder forward
+    and one batched decoder pass (plus one over the right context for the drafts).
+
+    Typical use from the engine's worker thread::
+
+        streamer = StreamingRecognizer(recognizer)
+        state = streamer.new_stream("client-1")
+        streamer.accept(state, samples)                 # whenever audio arrives, any size
+        batch = [s for s in live if streamer.ready(s)]
+        results = streamer.step(batch)                  # one batched forward for all of them
+        final = streamer.finalize([state])              # end of audio: flush the tail
+    """
+
+    def __init__(self, recognizer: Recognizer, config: StreamingConfig | None = None) -> None:
+        from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTBPEDecoding
+
+        self.recognizer = recognizer
+        self.config = config or StreamingConfig()
+        self.frame_s = recognizer.frame_s
+        self.samples_per_frame = int(round(self.frame_s * SAMPLE_RATE_HZ))
+        left, chunk, right = self.config.frames(self.frame_s)
+        self.left_samples = left * self.samples_per_frame
+        self.chunk_samples = chunk * self.samples_per_frame
+        self.chunk_frames = chunk
+        self.right_samples = right * self.samples_per_frame
+        self.pad_samples = int(round(self.config.final_pad_s * SAMPLE_RATE_HZ))
+        self.max_backlog_samples = int(round(self.config.max_backlog_s * SAMPLE_RATE_HZ))
+
+        # Our own decoding object (the model's config, greedy batched, with token durations for timestamps): its
+        # label-looping computer is ours alone, so CUDA-graph buffers are never shared with the offline path.
+        model = recognizer.model
+        cfg = copy.deepcopy(model.cfg.decoding)
+        with open_dict(cfg):
+            cfg.strategy = "greedy_batch"
+            cfg.compute_timestamps = True
+            cfg.preserve_alignments = False
+        decoding = RNNTBPEDecoding(decoding_cfg=cfg, decoder=model.decoder, joint=model.joint,
+                                   tokenizer=model.tokenizer)
+        computer = getattr(decoding.decoding, "decoding_computer", None)
+        if computer is None:
+            raise ValueError("streaming needs NeMo's label-looping greedy decoder (a TDT or RNN-T model with "
+                             "blank_as_pad); this model's decoding config does not provide one")
+        self.computer = computer
+        self.tokenizer = model.tokenizer
+        pieces = self.tokenizer.ids_to_tokens(list(range(self.tokenizer.vocab_size)))
+        self._streams_created = 0
+        self._word_start = np.array([p.startswith(SENTENCEPIECE_WORD_START) for p in pieces], dtype=bool)
+
+    # --- streams --------------------------------------------------------------------------------------------------
+    def new_stream(self, stream_id: str | None = None, offset_s: float = 0.0) -> StreamState:
+        """A fresh stream; ``offset_s`` shifts its timestamps (e.g. a new utterance on a long connection)."""
+        self._streams_created += 1
+        capacity = self.left_samples + self.chunk_samples + self.right_samples + self.pad_samples
+        return StreamState(stream_id=stream_id if stream_id is not None else f"stream-{self._streams_created}",
+                           offset_s=offset_s, audio=np.zeros(capacity, dtype=np.float32))
+
+    def accept(self, state: StreamState, audio: np.ndarray) -> None:
+        """Append float32 mono 16 kHz samples. Raises :class:`StreamBacklogError` past ``max_backlog_s``."""
+        if state.ended:
+            raise ValueError(f"stream {state.stream_id} has ended; start a new stream for more audio")
+        samples = np.asarray(audio, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ValueError(f"expected mono samples (1-D), got shape {samples.shape}")
+        if state.pending_samples + samples.shape[0] > self.max_backlog_samples:
+            held_s = (state.pending_samples + samples.shape[0]) / SAMPLE_RATE_HZ
+            raise StreamBacklogError(
+                f"stream {state.stream_id} would hold {held_s:.1f} s of undecoded audio (limit "
+                f"{self.config.max_backlog_s} s): step it more often or send audio closer to real time")
+        self._append(state, samples)
+
+    def end(self, state: StreamState) -> None:
+        """No more audio will come: append the final padding; the stream stays ready until its tail is decoded."""
+        if state.ended:
+            return
+        self._append(state, np.zeros(self.pad_samples, dtype=np.float32))
+        state.padding = self.pad_samples
+        state.ended = True
+
+    def ready(self, state: StreamState) -> bool:
+        """True when a step can run for the stream: a whole chunk plus right context is buffered, or it has ended
+        and its tail is not decoded yet."""
+        if state.done:
+            return False
+        return state.ended or state.pending_samples >= self.chunk_samples + self.right_samples
+
+    # --- the batched step -----------------------------------------------------------------------------------------
+    def step(self, states: Sequence[StreamState]) -> list[StepResult]:
+        """Decode the next chunk of every given stream: one batched encoder forward, one batched decoder pass.
+
+        Every stream must be :meth:`ready`. Returns one result per stream, in order; an ended stream whose last
+        chunk was decoded comes back with ``final=True``.
+        """
+        if len({id(s) for s in states}) != len(states):
+            raise ValueError("a stream appears twice in one step")
+        for s in states:
+            if not self.ready(s):
+                raise ValueError(f"stream {s.stream_id} is not ready (needs chunk + right context, or end())")
+        plans = [self._plan(s) for s in states]
+        new_tokens: list[list[Token]] = [[] for _ in states]
+        drafts: list[list[Token]] = [[] for _ in states]
+        work = [i for i, p in enumerate(plans) if p.chunk_end > p.chunk_start]  # an ended stream may have none
+        if work:
+            tokens, lookahead = self._run([states[i] for i in work], [plans[i] for i in work])
+            for i, committed, draft in zip(work, tokens, lookahead):
+                new_tokens[i], drafts[i] = committed, draft
+        return [self._commit(state, plan, new_tokens[i], drafts[i])
+                for i, (state, plan) in enumerate(zip(states, plans))]
+
+    def finalize(self, states: Sequence[StreamState]) -> list[StepResult]:
+        """End the given streams and step them (batched) until their tails are decoded; the final results.
+
+        The tail can take more than one step (up to chunk + right context + padding is pending at the end), so
+        each result's ``new_words`` gathers the words of all of them: everything committed since the last step.
+        """
+        for s in states:
+            self.end(s)
+        words: dict[int, list[WordTiming]] = {id(s): [] for s in states}
+        latest: dict[int, StepResult] = {id(s): self.snapshot(s) for s in states if s.done}
+        while True:
+            todo = [s for s in states if not s.done]
+            if not todo:
+                break
+            for s, r in zip(todo, self.step(todo)):
+                words[id(s)].extend(r.new_words)
+                latest[id(s)] = r
+        return [replace(latest[id(s)], new_words=tuple(words[id(s)])) for s in states]
+
+    def snapshot(self, state: StreamState) -> StepResult:
+        """The stream's current result without running anything (``new_words`` empty)."""
+        return self._result(state, (), self._end_s(state, state.consumed))
+
+    # --- decoding ---------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode_frames(self, encoded: torch.Tensor, lengths: torch.Tensor,
+                      decoder_states: Sequence[Any | None]) -> tuple[list[list[Token]], list[Any]]:
+        """TDT-decode ``encoded`` (B, T, D) frames continuing each row's decoder state (None: a fresh stream).
+
+        Returns the new tokens of each row (frames absolute: counted from the row's first decoded frame) and each
+        row's decoder state after them. The given states are not modified.
+        """
+        batch = encoded.shape[0]
+        if encoded.shape[1] == 0:  # NeMo needs at least one frame of storage; lengths of 0 decode nothing
+            encoded = encoded.new_zeros(batch, 1, encoded.shape[2])
+        prev = None
+        if any(s is not None for s in decoder_states):
+            prev = self.computer.merge_to_batched_state(list(decoder_states))
+        hyps, state = self.computer(encoded, lengths, prev)
+        items = self.computer.split_batched_state(state)[:batch]  # CUDA graphs may pad the batch
+        counts = hyps.current_lengths[:batch].tolist()
+        ids = hyps.transcript[:batch].tolist()
+        starts = hyps.timestamps[:batch].tolist()
+        durations = hyps.token_durations[:batch].tolist() if hyps.token_durations is not None else None
+        tokens: list[list[Token]] = []
+        for b in range(batch):
+            row = []
+            for k in range(counts[b]):
+                end = starts[b][k] + (durations[b][k] if durations is not None else 1)
+                row.append(Token(int(ids[b][k]), int(starts[b][k]), int(end)))
+            tokens.append(row)
+        return tokens, items
+
+    @torch.inference_mode()
+    def _run(self, states: list[StreamState], plans: list[_Plan]) -> tuple[list[list[Token]], list[list[Token]]]:
+        """Encode the windows, decode the chunks (carrying and updating each stream's decoder state) and, for
+        the drafts, the right contexts from the post-chunk states. Returns (committed tokens, draft tokens)."""
+        windows = [self._window(s, p) for s, p in zip(states, plans)]
+        enc, enc_len = self.recognizer.encode(windows)  # (B, D, T), lengths
+        enc = enc.transpose(1, 2)  # (B, T, D)
+        spf = self.samples_per_frame
+        left = torch.tensor([(p.chunk_start - p.window_start) // spf for p in plans], device=enc_len.device)
+        after_left = (enc_len - left).clamp(min=0)
+        final = torch.tensor([p.final for p in plans], device=enc_len.device)
+        chunk_len = torch.where(final, after_left, after_left.clamp(max=self.chunk_frames))
+        tokens, items = self.decode_frames(_frames_from(enc, left, chunk_len), chunk_len,
+                                           [s.decoder_state for s in states])
+        for state, item in zip(states, items):
+            state.decoder_state = item
+        drafts: list[list[Token]] = [[] for _ in states]
+        right_len = after_left - chunk_len
+        if self.config.draft and int(right_len.max()) > 0:
+            drafts, _ = self.decode_frames(_frames_from(enc, left + chunk_len, right_len), right_len, items)
+        return tokens, drafts
+
+    # --- bookkeeping ------------------------------------------------------------------------------------------
+    def _plan(self, state: StreamState) -> _Plan:
+        start = state.consumed
+        if state.ended:
+            chunk_end = min(start + self.chunk_samples, state.received)
+            window_end = min(chunk_end + self.right_samples, state.received)
+            final = chunk_end >= state.received
+        else:
+            chunk_end = start + self.chunk_samples
+            window_end = chunk_end + self.right_samples
+            final = False
+        return _Plan(max(0, start - self.left_samples), start, chunk_end, window_end, final)
+
+    def _window(self, state: StreamState, plan: _Plan) -> np.ndarray:
+        lo = plan.window_start - state.audio_start
+        hi = plan.window_end - state.audio_start
+        assert lo >= 0 and hi <= state.audio_len, "stream buffer does not hold the window"
+        return state.audio[lo:hi]
+
+    def _append(self, state: StreamState, samples: np.ndarray) -> None:
+        n = samples.shape[0]
+        if state.audio_len + n > state.audio.shape[0]:
+            # Drop what no future window needs (older than left context before the next chunk), then grow.
+            keep_from = max(state.audio_start, state.consumed - self.left_samples)
+            drop = keep_from - state.audio_start
+            if drop > 0:
+                state.audio[: state.audio_len - drop] = state.audio[drop : state.audio_len]
+                state.audio_len -= drop
+                state.audio_start = keep_from
+            if state.audio_len + n > state.audio.shape[0]:
+                cap = self.left_samples + self.max_backlog_samples + self.pad_samples
+                grown = np.zeros(max(state.audio_len + n, min(2 * state.audio.shape[0], cap)), dtype=np.float32)
+                grown[: state.audio_len] = state.audio[: state.audio_len]
+                state.audio = grown
+        state.audio[state.audio_len : state.audio_len + n] = samples
+        state.audio_len += n
+        state.received += n
+
+    def _commit(self, state: StreamState, plan: _Plan, tokens: list[Token], draft: list[Token]) -> StepResult:
+        new_words: list[WordTiming] = []
+        for token in tokens:
+            if state.open_word and self._word_start[token.id]:
+                new_words.extend(self._close_word(state, token.start))
+            state.open_word.append(token)
+        state.consumed = plan.chunk_end
+        state.steps += 1
+        state.draft = draft
+        if plan.final:
+            new_words.extend(self._close_word(state, None))
+            state.draft = []
+            state.done = True
+            state.decoder_state = None
+        return self._result(state, tuple(new_words), self._end_s(state, plan.window_end))
+
+    def _close_word(self, state: StreamState, next_start: int | None) -> list[WordTiming]:
+        """Commit the open word. Its end is its last token's start + TDT duration, but never past the next
+        word's first frame nor the end of the real audio: NeMo 3.0.0's batched label-looping decoder can record
+        another frame's duration for a token when other rows of the batch are still searching (ids and start
+        frames are exact; durations are exact only at batch size 1)."""
+        tokens, state.open_word = state.open_word, []
+        text = self.tokenizer.ids_to_text([t.id for t in tokens]).strip()
+        if not tokens or not text:
+            return []
+        last_frame = tokens[-1].end if next_start is None else min(tokens[-1].end, next_start)
+        limit = state.offset_s + state.audio_s
+        start = min(state.offset_s + tokens[0].start * self.frame_s, limit)
+        end = min(state.offset_s + last_frame * self.frame_s, limit)
+        word = WordTiming(text, round(start, 3), round(max(start, end), 3))
+        state.words.append(word)
+        state.committed_text = f"{state.committed_text} {text}" if state.committed_text else text
+        return [word]
+
+    def _end_s(self, state: StreamState, sample: int) -> float:
+        return round(state.offset_s + min(sample, state.received - state.padding) / SAMPLE_RATE_HZ, 3)
+
+    def _result(self, state: StreamState, new_words: tuple[WordTiming, ...], audio_end_s: float) -> StepResult:
+        open_ids = [t.id for t in state.open_word] + [t.id for t in state.draft]
+        draft_text = self.tokenizer.ids_to_text(open_ids).strip() if open_ids else ""
+        return StepResult(stream_id=state.stream_id, committed_text=state.committed_text, new_words=new_words,
+                          draft_text=draft_text, committed_until_s=self._end_s(state, state.consumed),
+                          audio_end_s=audio_end_s, final=state.done)
+
+
+def _frames_from(encoded: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Rows of ``encoded`` (B, T, D) shifted so that each row's frame ``starts[b]`` comes first; ``max(lengths)``
+    frames long (frames past a row's length are filler the decoder never reads)."""
+    batch, time, dim = encoded.shape
+    width = int(lengths.max()) if lengths.numel() else 0
+    index = (starts[:, None] + torch.arange(width, device=encoded.device)[None, :]).clamp(max=max(time - 1, 0))
+    return encoded.gather(1, index[:, :, None].expand(batch, width, dim))
+
+
+def stream_whole(streamer: StreamingRecognizer, audio: np.ndarray, stream_id: str | None = None,
+                 push_s: float = 0.02) -> StreamState:
+    """Stream a whole array through ``streamer`` as a live client would (``push_s`` pieces, a step whenever
+    ready), finalise it and return the finished stream (``committed_text``, ``words``): for tests and benchmarks."""
+    state = streamer.new_stream(stream_id)
+    piece = max(1, int(round(push_s * SAMPLE_RATE_HZ)))
+    for start in range(0, audio.shape[0], piece):
+        streamer.accept(state, audio[start : start + piece])
+        if streamer.ready(state):
+            streamer.step([state])
+    streamer.finalize([state])
+    return state
