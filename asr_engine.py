@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from chunking import Window, merge_windows, plan_windows
+from engine_streams import EventCallback, StreamHandle, StreamManager, StreamOptions
 from errors import AudioTooLongError, EmptyAudioError, EngineClosedError, EngineOverloadedError, InputError
 from inference import (
     SAMPLE_RATE_HZ,
@@ -36,6 +37,7 @@ from inference import (
 )
 from model_loader import LoadedModel, load_model
 from settings import Settings
+from streaming import StreamingConfig, StreamingRecognizer
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,11 @@ class EngineOptions:
     default_chunk_s: float = 60.0
     default_overlap_s: float = 5.0
     max_queue: int = 1024
+    # While streams are live, offline work runs in groups of at most this much padded audio between two
+    # streaming rounds, so batch jobs cannot starve real-time sessions.
+    stream_interleave_audio_s: float = 30.0
+    max_stream_batch: int = 32
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,7 @@ class _ExclusiveItem:
 
 
 _STOP = object()
+_POKE = object()  # streaming work is waiting
 
 
 def default_full_attention_max_s(device: torch.device) -> float:
@@ -178,6 +186,9 @@ class ParakeetEngine:
             encoder.change_subsampling_conv_chunking_factor(1)  # auto-chunk the subsampling convs on long inputs
         self._queue: queue.Queue[object] = queue.Queue(maxsize=self.options.max_queue)
         self._closed = threading.Event()
+        self._poke_pending = threading.Event()
+        self.streamer = StreamingRecognizer(self.recognizer, self.options.streaming)
+        self.streams = StreamManager(self.streamer, self._poke, max_stream_batch=self.options.max_stream_batch)
         self.warmup_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="parakeet-engine", daemon=True)
         self._thread.start()
@@ -246,6 +257,23 @@ class ParakeetEngine:
             self._put(item)
             item.future.add_done_callback(lambda f: self._finish(result, f, opts, duration, started, "full", None))
         return result
+
+    def open_stream(self, on_event: EventCallback, options: StreamOptions | None = None,
+                    stream_id: str | None = None) -> StreamHandle:
+        """A live stream served by this engine's worker thread (see :mod:`engine_streams`)."""
+        if self._closed.is_set():
+            raise EngineClosedError("the engine is shut down and accepts no more work")
+        return self.streams.open(on_event, options, stream_id)
+
+    def _poke(self) -> None:
+        """Wake the worker thread for streaming work (at most one wake-up queued at a time)."""
+        if self._poke_pending.is_set():
+            return
+        self._poke_pending.set()
+        try:
+            self._queue.put_nowait(_POKE)
+        except queue.Full:  # the worker is busy anyway and services streams between groups
+            pass
 
     # --- request paths ----------------------------------------------------------------------------------------
     def _check(self, audio: np.ndarray, duration: float, opts: TranscribeOptions) -> None:
@@ -406,7 +434,7 @@ class ParakeetEngine:
             items = [first]
             deadline = time.monotonic() + self.options.batch_wait_ms / 1000
             stop_after = False
-            while len(items) < self.options.max_batch * 4:
+            while len(items) < self.options.max_batch * 4 and first is not _POKE:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     break
@@ -418,19 +446,36 @@ class ParakeetEngine:
                     stop_after = True
                     break
                 items.append(nxt)
+            self._service_streams()
             batchable = [i for i in items if isinstance(i, _BatchItem)]
             for group in self._buckets(batchable):
                 self._run_batch(group)
+                self._service_streams()
             for item in items:
                 if isinstance(item, _ExclusiveItem):
                     self._run_exclusive(item)
+                    self._service_streams()
             if stop_after:
                 break
+        self.streams.close_all()
         self._fail_pending()
+
+    def _service_streams(self) -> None:
+        self._poke_pending.clear()
+        try:
+            more = self.streams.service()
+        except Exception:  # never let streaming bookkeeping kill the worker
+            logger.exception("streaming service failed")
+            return
+        if more:
+            self._poke()
 
     def _buckets(self, items: list[_BatchItem]) -> list[list[_BatchItem]]:
         """Sort by length and cut into groups bounded by count and padded audio seconds."""
-        cap = int(self.options.max_batch_audio_s * SAMPLE_RATE_HZ)
+        cap_s = self.options.max_batch_audio_s
+        if self.streams.active:
+            cap_s = min(cap_s, self.options.stream_interleave_audio_s)
+        cap = int(cap_s * SAMPLE_RATE_HZ)
         groups: list[list[_BatchItem]] = []
         current: list[_BatchItem] = []
         for item in sorted(items, key=lambda i: i.samples):

@@ -55,6 +55,17 @@ class InfoRequest:
     pass
 
 
+@dataclass(frozen=True)
+class WebsocketRequest:
+    """``action: websocket``: open a real-time session for this job. ``None`` means the server's setting."""
+
+    idle_timeout_s: float | None = None
+    max_session_s: float | None = None
+
+
+_WEBSOCKET_KEYS = {"action", "idle_timeout", "max_session_length", "max_duration"}
+
+
 def _bool(raw: Mapping[str, Any], key: str) -> bool | None:
     if key not in raw or raw[key] is None:
         return None
@@ -93,15 +104,24 @@ def _audio_source(item: Mapping[str, Any], where: str, format_hint: str | None) 
     return AudioSource("url", value.strip(), hint)
 
 
-def parse_job_input(raw: object) -> TranscribeRequest | InfoRequest | Mapping[str, Any]:
-    """A typed request for ``transcribe`` and ``info``; the raw mapping for ``websocket`` (validated there)."""
+def parse_job_input(raw: object, *, max_session_s: float = 3600.0,
+                    max_idle_s: float = 600.0) -> TranscribeRequest | InfoRequest | WebsocketRequest:
+    """A typed request; websocket limits are checked against the worker's bounds (``max_session_s``, ...)."""
     if not isinstance(raw, Mapping):
         raise InputError(f"the job 'input' must be a JSON object, got {type(raw).__name__}")
     action = raw.get("action", "transcribe")
     if action not in ACTIONS:
         raise InputError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
     if action == "websocket":
-        return raw
+        unknown = sorted(set(raw) - _WEBSOCKET_KEYS)
+        if unknown:
+            raise InputError(f"unknown key(s) {', '.join(map(repr, unknown))} for action 'websocket'; accepted: "
+                             "idle_timeout, max_session_length (alias max_duration)")
+        if "max_session_length" in raw and "max_duration" in raw:
+            raise InputError("give 'max_session_length' or its alias 'max_duration', not both")
+        length_key = "max_duration" if "max_duration" in raw else "max_session_length"
+        return WebsocketRequest(idle_timeout_s=_seconds(raw, "idle_timeout", 1.0, max_idle_s),
+                                max_session_s=_seconds(raw, length_key, 1.0, max_session_s))
     if action == "info":
         extra = sorted(set(raw) - {"action"})
         if extra:

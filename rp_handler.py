@@ -16,7 +16,6 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,10 @@ import runpod
 from asr_engine import ParakeetEngine, TranscribeOptions, TranscriptionResult
 from audio_utils import DecodedAudio, load_audio_input
 from errors import ModelLoadError, ParakeetError
-from job_input import AudioSource, InfoRequest, TranscribeRequest, parse_job_input
+from job_input import AudioSource, InfoRequest, TranscribeRequest, WebsocketRequest, parse_job_input
 from settings import Settings
 from subtitles import cues_from_words, to_srt, to_vtt
+from websocket_handler import PROTOCOL_VERSION, ServerThread, StreamServer, public_address
 
 logger = logging.getLogger("rp_handler")
 
@@ -70,9 +70,10 @@ def shape_result(result: TranscriptionResult, request: TranscribeRequest) -> dic
 class TranscriptionService:
     """The handler's state: the engine and the settings. ``handle`` is the RunPod handler."""
 
-    def __init__(self, engine: ParakeetEngine, settings: Settings) -> None:
+    def __init__(self, engine: ParakeetEngine, settings: Settings, streams: StreamServer | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.streams = streams  # the worker's WebSocket server (None: this worker serves batch jobs only)
 
     def concurrency(self, current: int) -> int:
         return self.settings.concurrency
@@ -92,14 +93,15 @@ class TranscriptionService:
     async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
         try:
-            request = parse_job_input(job.get("input"))
+            request = parse_job_input(job.get("input"), max_session_s=self.settings.ws_max_session_s,
+                                      max_idle_s=max(600.0, self.settings.ws_idle_timeout_s))
         except ParakeetError as exc:
             logger.info("job %s refused: %s", job.get("id"), exc)
             return error_output(exc)
         if isinstance(request, InfoRequest):
             return self.info()
-        if isinstance(request, Mapping):  # action == "websocket"
-            return error_output("the websocket action is not available on this worker yet", "not_implemented")
+        if isinstance(request, WebsocketRequest):
+            return await self._websocket(job, request)
         reporter = _Progress(job)
         with tempfile.TemporaryDirectory(prefix="job-") as work_dir:
             outcomes = await asyncio.gather(
@@ -123,6 +125,33 @@ class TranscriptionService:
         if ok == 0:
             summary["error"] = f"all {len(results)} inputs failed; first: {results[0]['error']}"
         return summary
+
+    async def _websocket(self, job: dict[str, Any], request: WebsocketRequest) -> dict[str, Any]:
+        """Grant one real-time session, announce how to reach it, and stay IN_PROGRESS until it ends."""
+        if self.streams is None:
+            return error_output("this worker's WebSocket server is not running (its port could not be opened: "
+                                "see the worker log and PARAKEET_WS_PORT)", "websocket_unavailable")
+        grant = self.streams.grant(job.get("id"), idle_timeout_s=request.idle_timeout_s,
+                                   max_session_s=request.max_session_s)
+        host, port, which = public_address(self.settings, self.streams.port)
+        logger.info("job %s: websocket session offered at %s:%d (%s address)", job.get("id"), host, port, which)
+        ready = {
+            "status": "ready", "ws_url": f"ws://{host}:{port}/?token={grant.token}", "host": host, "port": port,
+            "address": which, "token": grant.token, "protocol": PROTOCOL_VERSION,
+            "sample_rates": [8000, 48000], "encoding": "pcm_s16le",
+            "limits": {"idle_timeout_s": grant.limits.idle_timeout_s, "max_session_s": grant.limits.max_session_s,
+                       "connect_timeout_s": grant.limits.connect_timeout_s},
+        }
+        if "id" in job:
+            runpod.serverless.progress_update(job, ready)
+        try:
+            summary = await asyncio.wrap_future(grant.summary)
+        except asyncio.CancelledError:  # the platform cancelled the job: close its session, then let it go
+            self.streams.revoke(grant, "cancelled")
+            raise
+        out = asdict(summary)
+        out.update(success=True, ws_url=ready["ws_url"])
+        return out
 
     async def _one(self, source: AudioSource, request: TranscribeRequest, work_dir: Path,
                    reporter: _Progress) -> dict[str, Any]:
@@ -171,7 +200,18 @@ def main() -> None:
     info = engine.info()
     logger.info("ready: %s (%s, %s parameters) on %s/%s, load %.1f s, warm-up %.2f s", info.model, info.source,
                 f"{info.parameters:,}", info.device, info.dtype, info.load_seconds, info.warmup_seconds)
-    service = TranscriptionService(engine, settings)
+    streams: StreamServer | None = None
+    try:
+        streams = ServerThread(StreamServer(engine, settings)).start()
+    except OSError as exc:  # batch jobs still work; websocket jobs get an error naming the problem
+        logger.error("WebSocket server could not listen on %s:%d (%s); websocket jobs will fail until "
+                     "PARAKEET_WS_PORT names a free port", settings.ws_host, settings.ws_port, exc)
+    if streams is not None:
+        host, port, which = public_address(settings, streams.port)
+        logger.info("WebSocket sessions will be announced at %s:%d (%s address; RUNPOD_PUBLIC_IP=%r, "
+                    "RUNPOD_TCP_PORT_%d=%r)", host, port, which, settings.runpod_public_ip or None,
+                    settings.ws_port, settings.runpod_tcp_port or None)
+    service = TranscriptionService(engine, settings, streams)
     runpod.serverless.start({"handler": service.handle, "concurrency_modifier": service.concurrency})
 
 

@@ -47,14 +47,28 @@ class Settings:
     download_timeout_s: float = 60.0  # PARAKEET_DOWNLOAD_TIMEOUT_S
     allow_private_urls: bool = False  # PARAKEET_ALLOW_PRIVATE_URLS: allow loopback/private URL targets
     s3: S3Credentials | None = None  # S3_ACCESS_KEY, S3_SECRET_KEY, S3_ENDPOINT, S3_REGION
+    # Real-time streaming (websocket_handler.py)
+    ws_host: str = "0.0.0.0"  # PARAKEET_WS_HOST: interface the WebSocket server listens on
+    ws_port: int = 8765  # PARAKEET_WS_PORT: expose it as a TCP port on RunPod
+    ws_max_sessions: int = 32  # PARAKEET_WS_MAX_SESSIONS: more connections are refused with HTTP 503
+    ws_idle_timeout_s: float = 30.0  # PARAKEET_WS_IDLE_TIMEOUT_S: no audio and no message ends a session
+    ws_max_session_s: float = 3600.0  # PARAKEET_WS_MAX_SESSION_S: upper bound of one session
+    stream_left_s: float = 4.0  # PARAKEET_STREAM_LEFT_S: encoder context before each chunk
+    stream_chunk_s: float = 0.96  # PARAKEET_STREAM_CHUNK_S: audio committed per streaming step (80 ms multiple)
+    stream_right_s: float = 0.96  # PARAKEET_STREAM_RIGHT_S: lookahead after each chunk (80 ms multiple)
+    runpod_public_ip: str = ""  # RUNPOD_PUBLIC_IP: set by RunPod when a TCP port is exposed
+    runpod_tcp_port: int = 0  # RUNPOD_TCP_PORT_<ws_port>: the public port RunPod maps to ws_port
 
     def engine_options(self) -> EngineOptions:
         from asr_engine import EngineOptions
+        from streaming import StreamingConfig
 
         return EngineOptions(
             max_batch=self.max_batch, batch_wait_ms=self.batch_wait_ms,
             full_attention_max_s=self.full_attention_max_s or None, max_audio_s=self.max_audio_s,
             default_chunk_s=self.chunk_s, default_overlap_s=self.chunk_overlap_s,
+            streaming=StreamingConfig(left_s=self.stream_left_s, chunk_s=self.stream_chunk_s,
+                                      right_s=self.stream_right_s),
         )
 
     def audio_limits(self) -> AudioLimits:
@@ -76,14 +90,24 @@ class Settings:
             values["s3"] = S3Credentials.from_env(env)
         except ValueError as exc:
             raise InputError(str(exc)) from None
+        port = values.get("ws_port", cls.ws_port)
+        mapped = env.get(f"RUNPOD_TCP_PORT_{port}")
+        if mapped:
+            values["runpod_tcp_port"] = _parse("runpod_tcp_port", f"RUNPOD_TCP_PORT_{port}", mapped)
         settings = cls(**values)  # type: ignore[arg-type]
-        for name in ("max_batch", "concurrency", "max_download_bytes"):
+        if not 0 <= settings.ws_port <= 65535:
+            raise InputError("PARAKEET_WS_PORT must be a TCP port number (0 picks a free one)")
+        try:
+            settings.engine_options()
+        except ValueError as exc:
+            raise InputError(f"streaming settings (PARAKEET_STREAM_*): {exc}") from None
+        for name in ("max_batch", "concurrency", "max_download_bytes", "ws_max_sessions"):
             if getattr(settings, name) < 1:
                 raise InputError(f"{_ENV_NAMES[name]} must be at least 1")
         for name in ("batch_wait_ms", "chunk_overlap_s", "full_attention_max_s", "cpu_threads"):
             if getattr(settings, name) < 0:
                 raise InputError(f"{_ENV_NAMES[name]} must not be negative")
-        for name in ("chunk_s", "max_audio_s", "download_timeout_s"):
+        for name in ("chunk_s", "max_audio_s", "download_timeout_s", "ws_idle_timeout_s", "ws_max_session_s"):
             if getattr(settings, name) <= 0:
                 raise InputError(f"{_ENV_NAMES[name]} must be positive")
         if settings.chunk_overlap_s >= settings.chunk_s / 2:
@@ -109,6 +133,15 @@ _ENV_NAMES = {
     "max_download_bytes": "PARAKEET_MAX_DOWNLOAD_BYTES",
     "download_timeout_s": "PARAKEET_DOWNLOAD_TIMEOUT_S",
     "allow_private_urls": "PARAKEET_ALLOW_PRIVATE_URLS",
+    "ws_host": "PARAKEET_WS_HOST",
+    "ws_port": "PARAKEET_WS_PORT",
+    "ws_max_sessions": "PARAKEET_WS_MAX_SESSIONS",
+    "ws_idle_timeout_s": "PARAKEET_WS_IDLE_TIMEOUT_S",
+    "ws_max_session_s": "PARAKEET_WS_MAX_SESSION_S",
+    "stream_left_s": "PARAKEET_STREAM_LEFT_S",
+    "stream_chunk_s": "PARAKEET_STREAM_CHUNK_S",
+    "stream_right_s": "PARAKEET_STREAM_RIGHT_S",
+    "runpod_public_ip": "RUNPOD_PUBLIC_IP",
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),

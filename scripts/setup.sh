@@ -34,6 +34,7 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$current" ]]; then
   # torch first and pinned, so nothing pulls a different (multi-GB CUDA) build as a dependency.
   .venv/bin/python -m pip install -q "$(grep -E '^torch==' requirements.txt)"
   .venv/bin/python -m pip install -q -r requirements-dev.txt
+  .venv/bin/python -m pip install -q --no-deps "silero-vad==6.2.0"  # the VAD model file only (see requirements.txt)
   echo "$current" > "$stamp"
 fi
 echo "setup: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from errors import InputError
-from job_input import InfoRequest, TranscribeRequest, parse_job_input
+from job_input import InfoRequest, TranscribeRequest, WebsocketRequest, parse_job_input
 from tests.bad_inputs import BAD_JOB_INPUTS
 
 
@@ -42,8 +42,15 @@ def test_inputs_list_mixes_urls_and_base64_with_a_shared_format_hint() -> None:
 
 def test_info_and_websocket_actions() -> None:
     assert isinstance(parse_job_input({"action": "info"}), InfoRequest)
-    raw = {"action": "websocket", "max_session_s": 60}
-    assert parse_job_input(raw) is raw
+    assert parse_job_input({"action": "websocket"}) == WebsocketRequest()
+    request = parse_job_input({"action": "websocket", "idle_timeout": 5, "max_duration": 60}, max_session_s=600)
+    assert request == WebsocketRequest(idle_timeout_s=5.0, max_session_s=60.0)
+    for bad, needle in (({"action": "websocket", "max_session_s": 60}, "unknown key"),
+                        ({"action": "websocket", "max_session_length": 601}, "max_session_length"),
+                        ({"action": "websocket", "idle_timeout": 0}, "idle_timeout"),
+                        ({"action": "websocket", "max_duration": 5, "max_session_length": 5}, "not both")):
+        with pytest.raises(InputError, match=needle):
+            parse_job_input(bad, max_session_s=600)
 
 
 def test_use_local_attention_false_means_full_attention_only() -> None:

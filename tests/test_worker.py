@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 120.0  # NeMo import + model load + warm-up on a busy 2-core machine
 JOB_TIMEOUT_S = 60.0
 WORKER_ENV = {"PARAKEET_MODEL": str(MODEL_PATH), "PARAKEET_ALLOW_PRIVATE_URLS": "1", "PARAKEET_CONCURRENCY": "3",
-              "PARAKEET_CPU_THREADS": "2"}
+              "PARAKEET_CPU_THREADS": "2", "PARAKEET_WS_PORT": "0"}
 
 
 def flac_b64(audio) -> str:

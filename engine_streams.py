@@ -1,0 +1,305 @@
+"""Live streams on the engine's worker thread: audio inboxes, endpointing, batched streaming steps.
+
+The asyncio side (the WebSocket server) only calls :class:`StreamHandle` methods, which append to an inbox under a
+lock and poke the engine; everything that touches the model or a stream's decoder state runs in
+:meth:`StreamManager.service`, called by the engine's worker thread between batch-job groups. Results leave
+through each stream's ``on_event`` callback, called on the worker thread (it must only hand the event over, e.g.
+with ``loop.call_soon_threadsafe``).
+
+Per service call: drain inboxes → VAD over the new audio (all streams batched) → finals for the streams that hit an
+endpoint or asked for one (one batched flush) → partial steps for every stream with a chunk ready (one batched
+forward per round).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from errors import EngineClosedError
+from inference import SAMPLE_RATE_HZ
+from streaming import StepResult, StreamBacklogError, StreamingRecognizer, StreamState
+from vad import BatchedVad, EndpointConfig, VadStream
+
+logger = logging.getLogger(__name__)
+
+EventKind = Literal["partial", "final", "closed", "error"]
+FinalReason = Literal["endpoint", "finalize", "stop"]
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    endpointing: bool = True  # server VAD ends utterances on silence
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    stream_id: str
+    kind: EventKind
+    utterance: int  # 0-based index of the utterance the event belongs to
+    result: StepResult | None = None  # partial/final: the utterance's text, words and audio offsets
+    reason: str = ""  # final: endpoint | finalize | stop; closed: stop | abort | engine_closed | error
+    error: Exception | None = None
+    emitted_at: float = field(default_factory=time.monotonic)
+
+
+EventCallback = Callable[[StreamEvent], None]
+
+
+class StreamHandle:
+    """The thread-safe face of one live stream. Audio is float32 mono 16 kHz."""
+
+    def __init__(self, manager: StreamManager, stream_id: str, options: StreamOptions) -> None:
+        self._manager = manager
+        self.stream_id = stream_id
+        self.options = options
+        self._lock = threading.Lock()
+        self._inbox: list[np.ndarray] = []
+        self._inbox_samples = 0
+        self._finalize = False
+        self._stop = False
+        self._abort = False
+        self.closed = False
+        self.received_samples = 0
+        self.last_push = time.monotonic()
+
+    def push(self, audio: np.ndarray) -> None:
+        """Queue samples; raises :class:`StreamBacklogError` when the engine is too far behind this stream."""
+        if self.closed or self._stop or self._abort:
+            raise EngineClosedError(f"stream {self.stream_id} is closed")
+        samples = np.ascontiguousarray(audio, dtype=np.float32)
+        with self._lock:
+            if self._inbox_samples + self._manager.pending_samples(self) + samples.shape[0] > \
+                    self._manager.max_backlog_samples:
+                raise StreamBacklogError(
+                    f"stream {self.stream_id} holds more than {self._manager.max_backlog_samples / SAMPLE_RATE_HZ:.0f}"
+                    " s of audio not yet transcribed: the server is overloaded or audio is sent faster than real "
+                    "time; slow down")
+            self._inbox.append(samples)
+            self._inbox_samples += samples.shape[0]
+            self.received_samples += samples.shape[0]
+            self.last_push = time.monotonic()
+        self._manager.poke()
+
+    def finalize(self) -> None:
+        """End the current utterance now: its final comes back with reason ``finalize``; the stream goes on."""
+        with self._lock:
+            self._finalize = True
+        self._manager.poke()
+
+    def stop(self) -> None:
+        """Flush (final with reason ``stop``) and close; a ``closed`` event follows."""
+        with self._lock:
+            self._stop = True
+        self._manager.poke()
+
+    def abort(self) -> None:
+        """Close without flushing (the client went away)."""
+        with self._lock:
+            self._abort = True
+        self._manager.poke()
+
+    @property
+    def received_s(self) -> float:
+        return self.received_samples / SAMPLE_RATE_HZ
+
+    def _take(self) -> tuple[np.ndarray, bool, bool, bool]:
+        with self._lock:
+            audio = np.concatenate(self._inbox) if self._inbox else np.zeros(0, np.float32)
+            self._inbox = []
+            self._inbox_samples = 0
+            flags = (self._finalize, self._stop, self._abort)
+            self._finalize = False
+        return audio, *flags
+
+
+@dataclass
+class _Live:
+    handle: StreamHandle
+    on_event: EventCallback
+    state: StreamState
+    vad: VadStream | None
+    utterance: int = 0
+    samples_before: int = 0  # samples of the earlier (finished) utterances
+
+
+class StreamManager:
+    """Owned by the engine: registry of live streams and the per-iteration streaming work."""
+
+    def __init__(self, streamer: StreamingRecognizer, poke: Callable[[], None], max_stream_batch: int = 32) -> None:
+        self.streamer = streamer
+        self.poke = poke
+        self.max_stream_batch = max_stream_batch
+        self.max_backlog_samples = streamer.max_backlog_samples
+        self._lock = threading.Lock()
+        self._live: dict[str, _Live] = {}
+        self._ids = itertools.count(1)
+        self._vad: BatchedVad | None = None
+        self.steps = 0
+        self.step_seconds = 0.0
+
+    # --- any thread -----------------------------------------------------------------------------------------------
+    def open(self, on_event: EventCallback, options: StreamOptions | None = None,
+             stream_id: str | None = None) -> StreamHandle:
+        opts = options or StreamOptions()
+        if opts.endpointing and self._vad is None:
+            self._vad = BatchedVad()  # loads silero's ONNX model once (a few ms); raises when it is missing
+        sid = stream_id or f"s{next(self._ids)}"
+        handle = StreamHandle(self, sid, opts)
+        live = _Live(handle=handle, on_event=on_event, state=self.streamer.new_stream(sid),
+                     vad=self._vad.new_stream(opts.endpoint) if opts.endpointing and self._vad else None)
+        with self._lock:
+            if sid in self._live:
+                raise ValueError(f"a stream with id {sid!r} is already open")
+            self._live[sid] = live
+        return handle
+
+    @property
+    def active(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    def pending_samples(self, handle: StreamHandle) -> int:
+        live = self._live.get(handle.stream_id)
+        return live.state.pending_samples if live is not None else 0
+
+    # --- the engine's worker thread -------------------------------------------------------------------------------
+    def service(self, max_rounds: int = 4) -> bool:
+        """Do the streaming work that is due. Returns True when more is ready (the caller should come back soon)."""
+        with self._lock:
+            lives = list(self._live.values())
+        if not lives:
+            return False
+        # Each stream's new audio, cut where the VAD ended an utterance: segment k of every stream is accepted in
+        # round k, and the streams whose segment ends an utterance are flushed together before the next round.
+        segments: dict[int, list[tuple[np.ndarray, str | None]]] = {}
+        takes = []
+        for live in lives:
+            audio, finalize, stop, abort = live.handle._take()
+            if abort:
+                self._close(live, "abort")
+                continue
+            takes.append((live, audio, finalize, stop))
+        with_vad = [(lv, a) for lv, a, _, _ in takes if lv.vad is not None and a.size]
+        cuts: dict[int, list[int]] = {}
+        if with_vad:
+            assert self._vad is not None
+            found = self._vad.process([lv.vad for lv, _ in with_vad], [a for _, a in with_vad])  # type: ignore[misc]
+            cuts = {id(lv): c for (lv, _), c in zip(with_vad, found)}
+        for live, audio, finalize, stop in takes:
+            parts: list[tuple[np.ndarray, str | None]] = []
+            start = 0
+            for cut in cuts.get(id(live), []):
+                parts.append((audio[start:cut], "endpoint"))
+                start = cut
+            closing = "stop" if stop else "finalize" if finalize else None
+            if start < audio.shape[0] or closing or not parts:
+                parts.append((audio[start:], closing))
+            segments[id(live)] = parts
+        rounds = max((len(p) for p in segments.values()), default=0)
+        for r in range(rounds):
+            finals: list[tuple[_Live, str]] = []
+            for live, *_ in takes:
+                parts = segments[id(live)]
+                if r >= len(parts) or live.handle.closed:
+                    continue
+                audio, ends = parts[r]
+                if audio.size:
+                    try:
+                        self.streamer.accept(live.state, audio)
+                    except StreamBacklogError as exc:  # push() checks too; this is the last line of defence
+                        self._emit(live, StreamEvent(live.handle.stream_id, "error", live.utterance, error=exc))
+                if ends is not None:
+                    finals.append((live, ends))
+            if finals:
+                self._flush(finals)
+        more = False
+        for _ in range(max_rounds):
+            with self._lock:
+                ready = [lv for lv in self._live.values() if not lv.state.ended and self.streamer.ready(lv.state)]
+            if not ready:
+                break
+            for start in range(0, len(ready), self.max_stream_batch):
+                self._step(ready[start : start + self.max_stream_batch])
+        else:
+            with self._lock:
+                more = any(self.streamer.ready(lv.state) for lv in self._live.values() if not lv.state.ended)
+        return more
+
+    def close_all(self) -> None:
+        with self._lock:
+            lives = list(self._live.values())
+        for live in lives:
+            self._close(live, "engine_closed")
+
+    def _step(self, group: list[_Live]) -> None:
+        started = time.monotonic()
+        try:
+            results = self.streamer.step([lv.state for lv in group])
+        except Exception as exc:  # the streams in this batch cannot go on; the engine and other streams do
+            logger.exception("streaming step failed for %d streams", len(group))
+            for live in group:
+                self._emit(live, StreamEvent(live.handle.stream_id, "error", live.utterance, error=exc))
+                self._close(live, "error")
+            return
+        self.steps += 1
+        self.step_seconds += time.monotonic() - started
+        for live, result in zip(group, results):
+            self._emit(live, StreamEvent(live.handle.stream_id, "partial", live.utterance,
+                                         result=self._absolute(live, result)))
+
+    def _flush(self, finals: list[tuple[_Live, str]]) -> None:
+        # A stream that received no audio has nothing to decode: its final is empty (the model is not asked to
+        # transcribe the flush padding alone, where a model may hallucinate a word).
+        # Likewise when the VAD heard no speech since the last endpoint: nothing but silence is left to decode.
+        work = [lv for lv, reason in finals if lv.state.received > 0
+                and (reason == "endpoint" or lv.vad is None or lv.vad.heard_speech or lv.state.words)]
+        try:
+            done = dict(zip((id(lv) for lv in work), self.streamer.finalize([lv.state for lv in work])))
+            results = [done[id(lv)] if id(lv) in done else self.streamer.snapshot(lv.state) for lv, _ in finals]
+        except Exception as exc:
+            logger.exception("final flush failed for %d streams", len(work))
+            for live, _ in finals:
+                self._emit(live, StreamEvent(live.handle.stream_id, "error", live.utterance, error=exc))
+                self._close(live, "error")
+            return
+        for (live, reason), result in zip(finals, results):
+            if reason == "finalize" or result.committed_text:  # nothing heard: no empty final, unless asked
+                self._emit(live, StreamEvent(live.handle.stream_id, "final", live.utterance,
+                                             result=self._absolute(live, result), reason=reason))
+                live.utterance += 1
+            if reason == "stop":
+                self._close(live, "stop")
+                continue
+            # The next utterance starts where this one's audio ended (the flush padding is not real audio).
+            live.samples_before += live.state.received - live.state.padding
+            live.state = self.streamer.new_stream(live.handle.stream_id,
+                                                  offset_s=live.samples_before / SAMPLE_RATE_HZ)
+            if live.vad is not None:
+                live.vad.reset_endpoint()
+
+    @staticmethod
+    def _absolute(live: _Live, result: StepResult) -> StepResult:
+        return result  # the stream state's offset already makes times absolute
+
+    def _close(self, live: _Live, reason: str) -> None:
+        with self._lock:
+            if self._live.pop(live.handle.stream_id, None) is None:
+                return
+        live.handle.closed = True
+        self._emit(live, StreamEvent(live.handle.stream_id, "closed", live.utterance, reason=reason))
+
+    @staticmethod
+    def _emit(live: _Live, event: StreamEvent) -> None:
+        try:
+            live.on_event(event)
+        except Exception:  # a consumer's bug must not stop the engine
+            logger.exception("stream %s: event callback failed", live.handle.stream_id)

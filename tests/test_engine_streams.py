@@ -1,0 +1,112 @@
+"""Live streams on the engine's worker thread (engine_streams.py): the same transcript as the streaming recognizer
+alone, interleaving with batch jobs, finals, aborts and shutdown."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import numpy as np
+import pytest
+
+from asr_engine import EngineOptions, ParakeetEngine, TranscribeOptions
+from engine_streams import StreamEvent, StreamOptions
+from errors import EngineClosedError
+from streaming import StreamingRecognizer
+
+NO_VAD = StreamOptions(endpointing=False)
+
+
+@pytest.fixture(scope="module")
+def engine(loaded_test_model):
+    eng = ParakeetEngine(loaded_test_model, EngineOptions(batch_wait_ms=5, full_attention_max_s=900,
+                                                          stream_interleave_audio_s=30.0))
+    yield eng
+    eng.close()
+
+
+def collect() -> tuple[queue.Queue[StreamEvent], callable]:
+    events: queue.Queue[StreamEvent] = queue.Queue()
+    return events, events.put
+
+
+def until(events: queue.Queue[StreamEvent], kind: str, timeout: float = 60.0) -> list[StreamEvent]:
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        event = events.get(timeout=max(0.01, deadline - time.monotonic()))
+        seen.append(event)
+        if event.kind == kind:
+            return seen
+
+
+def alone(engine: ParakeetEngine, audio: np.ndarray) -> str:
+    streamer = StreamingRecognizer(engine.recognizer, engine.streamer.config)
+    state = streamer.new_stream()
+    streamer.accept(state, audio)
+    while streamer.ready(state):
+        streamer.step([state])
+    return streamer.finalize([state])[0].committed_text
+
+
+def test_engine_stream_equals_the_streaming_recognizer_alone(engine, heldout_clips) -> None:
+    audio = heldout_clips[0].audio
+    events, put = collect()
+    handle = engine.open_stream(put, NO_VAD)
+    for i in range(0, len(audio), 1600):
+        handle.push(audio[i : i + 1600])
+    handle.stop()
+    seen = until(events, "closed")
+    finals = [e for e in seen if e.kind == "final"]
+    assert len(finals) == 1 and finals[0].reason == "stop"
+    assert finals[0].result.committed_text == alone(engine, audio)
+    assert seen[-1].reason == "stop" and engine.streams.active == 0
+
+
+def test_streams_are_served_between_batch_groups(engine, heldout_clips) -> None:
+    long = np.concatenate([c.audio for c in heldout_clips[:12]])[: 16000 * 60]
+    events, put = collect()
+    handle = engine.open_stream(put, NO_VAD)
+    handle.push(heldout_clips[1].audio[: 16000 * 3])  # enough for one streaming step
+    futures = [engine.submit(long.copy(), TranscribeOptions()) for _ in range(6)]  # 6 groups of 60 s
+    first = events.get(timeout=60)
+    assert first.kind == "partial"
+    pending_when_served = sum(not f.done() for f in futures)
+    for f in futures:
+        f.result(timeout=300)
+    assert pending_when_served > 0, "the stream waited for every batch job to finish"
+    handle.abort()
+    assert until(events, "closed")[-1].reason == "abort"
+
+
+def test_finalize_on_an_empty_stream_answers_and_the_stream_goes_on(engine, heldout_clips) -> None:
+    events, put = collect()
+    handle = engine.open_stream(put, NO_VAD)
+    handle.finalize()
+    final = until(events, "final")[-1]
+    assert final.reason == "finalize" and final.result.committed_text == "" and final.utterance == 0
+    handle.push(heldout_clips[3].audio)
+    handle.finalize()
+    second = until(events, "final")[-1]
+    assert second.utterance == 1 and second.result.committed_text == alone(engine, heldout_clips[3].audio)
+    handle.abort()
+    until(events, "closed")
+
+
+def test_closed_stream_refuses_audio(engine) -> None:
+    events, put = collect()
+    handle = engine.open_stream(put, NO_VAD)
+    handle.stop()
+    until(events, "closed")
+    with pytest.raises(EngineClosedError):
+        handle.push(np.zeros(160, np.float32))
+
+
+def test_engine_shutdown_closes_live_streams(loaded_test_model) -> None:
+    eng = ParakeetEngine(loaded_test_model)
+    events, put = collect()
+    eng.open_stream(put, NO_VAD)
+    eng.close()
+    assert until(events, "closed", 10)[-1].reason == "engine_closed"
+    with pytest.raises(EngineClosedError):
+        eng.open_stream(put, NO_VAD)

@@ -1,0 +1,144 @@
+"""Voice activity detection for server endpointing: silero-vad's ONNX model, batched over streams.
+
+The model ships inside the ``silero-vad`` package (installed with ``--no-deps``: its Python helpers import
+torchaudio, which has no build for our pinned torch; we only need the ONNX file and onnxruntime). We feed it
+ourselves so that many streams run as one batch per 32 ms frame, each stream carrying its own recurrent state.
+
+An :class:`Endpointer` turns frame probabilities into utterance boundaries: speech starts after
+``min_speech_s`` above ``threshold``; the utterance ends once ``silence_s`` of frames stayed below
+``threshold - 0.15`` (hysteresis, as silero's own iterator does).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from errors import ParakeetError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE_HZ = 16_000
+FRAME_SAMPLES = 512  # silero-vad's frame at 16 kHz (32 ms)
+CONTEXT_SAMPLES = 64  # samples of the previous frame the model sees in front of each frame
+FRAME_S = FRAME_SAMPLES / SAMPLE_RATE_HZ
+
+
+class VadUnavailableError(ParakeetError):
+    code = "vad_unavailable"
+
+
+def silero_model_path() -> Path:
+    """The ONNX file inside the installed silero-vad package (found without importing the package)."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or spec.origin is None:
+        raise VadUnavailableError("silero-vad is not installed: `pip install --no-deps silero-vad==6.2.0` "
+                                  "(scripts/setup.sh does it), or start streams with endpointing off")
+    path = Path(spec.origin).parent / "data" / "silero_vad.onnx"
+    if not path.is_file():
+        raise VadUnavailableError(f"silero-vad's model file is missing at {path}; reinstall silero-vad")
+    return path
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    threshold: float = 0.5
+    silence_s: float = 0.6  # silence after speech that ends an utterance
+    min_speech_s: float = 0.096  # speech shorter than this does not open an utterance
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.threshold <= 0.95:
+            raise ValueError(f"VAD threshold must be within 0.05..0.95, got {self.threshold}")
+        if not 0.1 <= self.silence_s <= 10.0:
+            raise ValueError(f"endpoint silence must be within 0.1..10 s, got {self.silence_s}")
+
+
+@dataclass
+class VadStream:
+    """One stream's VAD state: the model's recurrent state, unconsumed samples and the endpointer's counters."""
+
+    config: EndpointConfig
+    state: np.ndarray = field(default_factory=lambda: np.zeros((2, 1, 128), np.float32), repr=False)
+    context: np.ndarray = field(default_factory=lambda: np.zeros(CONTEXT_SAMPLES, np.float32), repr=False)
+    pending: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
+    in_speech: bool = False
+    speech_run_s: float = 0.0
+    silence_run_s: float = 0.0
+    heard_speech: bool = False  # speech since the last endpoint (the utterance now open has some)
+    endpoint: bool = False  # set when an utterance just ended; the caller clears it with reset_endpoint()
+
+    def reset_endpoint(self) -> None:
+        self.endpoint = False
+
+
+class BatchedVad:
+    """Runs silero-vad over many streams at once (one ONNX call per 32 ms frame index, all streams batched)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        import onnxruntime
+
+        opts = onnxruntime.SessionOptions()
+        opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = threads
+        self._session = onnxruntime.InferenceSession(str(silero_model_path()), sess_options=opts,
+                                                     providers=["CPUExecutionProvider"])
+        self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
+
+    def new_stream(self, config: EndpointConfig | None = None) -> VadStream:
+        return VadStream(config=config or EndpointConfig())
+
+    def process(self, streams: Sequence[VadStream], audio: Sequence[np.ndarray]) -> list[list[int]]:
+        """Append each stream's new samples (float32, 16 kHz) and advance its endpointer frame by frame.
+
+        Returns, per stream, the positions in its new samples where an utterance ended (the end of the frame
+        that completed the silence): a fast sender's one push may hold several utterances.
+        """
+        frames: list[np.ndarray] = []
+        carried: list[int] = []
+        for s, a in zip(streams, audio):
+            carried.append(s.pending.shape[0])
+            s.pending = np.concatenate([s.pending, np.asarray(a, np.float32)]) if a.size else s.pending
+            n = s.pending.shape[0] // FRAME_SAMPLES
+            frames.append(s.pending[: n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES))
+            s.pending = s.pending[n * FRAME_SAMPLES :].copy()
+        cuts: list[list[int]] = [[] for _ in streams]
+        depth = max((f.shape[0] for f in frames), default=0)
+        for k in range(depth):
+            rows = [i for i, f in enumerate(frames) if f.shape[0] > k]
+            x = np.stack([np.concatenate([streams[i].context, frames[i][k]]) for i in rows])
+            state = np.concatenate([streams[i].state for i in rows], axis=1)
+            prob, state_n = self._session.run(None, {"input": x, "state": state, "sr": self._sr})
+            for j, i in enumerate(rows):
+                s = streams[i]
+                s.state = state_n[:, j : j + 1, :].copy()
+                s.context = frames[i][k][-CONTEXT_SAMPLES:].copy()
+                if self._advance(s, float(prob[j, 0])):
+                    cuts[i].append(min(max(0, (k + 1) * FRAME_SAMPLES - carried[i]), audio[i].shape[0]))
+        return cuts
+
+    @staticmethod
+    def _advance(s: VadStream, prob: float) -> bool:
+        """One frame's probability into the endpointer; True when it ended an utterance."""
+        cfg = s.config
+        if prob >= cfg.threshold:
+            s.speech_run_s += FRAME_S
+            s.silence_run_s = 0.0
+            if not s.in_speech and s.speech_run_s >= cfg.min_speech_s:
+                s.in_speech = True
+                s.heard_speech = True
+        elif prob < cfg.threshold - 0.15 or not s.in_speech:
+            s.speech_run_s = 0.0
+            if s.in_speech:
+                s.silence_run_s += FRAME_S
+                if s.silence_run_s >= cfg.silence_s:
+                    s.in_speech = False
+                    s.silence_run_s = 0.0
+                    s.endpoint = True
+                    s.heard_speech = False
+                    return True
+        return False
