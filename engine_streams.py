@@ -64,7 +64,7 @@ class StreamHandle:
         self._lock = threading.Lock()
         self._inbox: list[np.ndarray] = []
         self._inbox_samples = 0
-        self._finalize = False
+        self._finalize_at: list[int] = []  # inbox sample positions where the client asked for a final
         self._stop = False
         self._abort = False
         self.closed = False
@@ -92,7 +92,7 @@ class StreamHandle:
     def finalize(self) -> None:
         """End the current utterance now: its final comes back with reason ``finalize``; the stream goes on."""
         with self._lock:
-            self._finalize = True
+            self._finalize_at.append(self._inbox_samples)
         self._manager.poke()
 
     def stop(self) -> None:
@@ -111,14 +111,14 @@ class StreamHandle:
     def received_s(self) -> float:
         return self.received_samples / SAMPLE_RATE_HZ
 
-    def _take(self) -> tuple[np.ndarray, bool, bool, bool]:
+    def _take(self) -> tuple[np.ndarray, list[int], bool, bool]:
+        """The queued audio, the positions in it where finals were asked for (in order), stop, abort."""
         with self._lock:
             audio = np.concatenate(self._inbox) if self._inbox else np.zeros(0, np.float32)
             self._inbox = []
             self._inbox_samples = 0
-            flags = (self._finalize, self._stop, self._abort)
-            self._finalize = False
-        return audio, *flags
+            finalize_at, self._finalize_at = self._finalize_at, []
+            return audio, finalize_at, self._stop, self._abort
 
 
 @dataclass
@@ -183,26 +183,30 @@ class StreamManager:
         segments: dict[int, list[tuple[np.ndarray, str | None]]] = {}
         takes = []
         for live in lives:
-            audio, finalize, stop, abort = live.handle._take()
+            audio, finalize_at, stop, abort = live.handle._take()
             if abort:
                 self._close(live, "abort")
                 continue
-            takes.append((live, audio, finalize, stop))
+            takes.append((live, audio, finalize_at, stop))
         with_vad = [(lv, a) for lv, a, _, _ in takes if lv.vad is not None and a.size]
         cuts: dict[int, list[int]] = {}
         if with_vad:
             assert self._vad is not None
             found = self._vad.process([lv.vad for lv, _ in with_vad], [a for _, a in with_vad])  # type: ignore[misc]
             cuts = {id(lv): c for (lv, _), c in zip(with_vad, found)}
-        for live, audio, finalize, stop in takes:
+        for live, audio, finalize_at, stop in takes:
+            # Utterance ends in audio order: VAD endpoints and client finalizes (each at the position in the audio
+            # where it was asked), then stop after everything.
+            ends = sorted([(c, 1, "endpoint") for c in cuts.get(id(live), [])] + [(f, 0, "finalize") for f in finalize_at])
             parts: list[tuple[np.ndarray, str | None]] = []
             start = 0
-            for cut in cuts.get(id(live), []):
-                parts.append((audio[start:cut], "endpoint"))
-                start = cut
-            closing = "stop" if stop else "finalize" if finalize else None
-            if start < audio.shape[0] or closing or not parts:
-                parts.append((audio[start:], closing))
+            for position, _, reason in ends:
+                if reason == "endpoint" and parts and parts[-1][1] == "finalize" and position == start:
+                    continue  # the client's finalize already ended this utterance here
+                parts.append((audio[start:position], reason))
+                start = position
+            if start < audio.shape[0] or stop or not parts:
+                parts.append((audio[start:], "stop" if stop else None))
             segments[id(live)] = parts
         rounds = max((len(p) for p in segments.values()), default=0)
         for r in range(rounds):

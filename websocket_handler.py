@@ -257,12 +257,13 @@ class Session:
         self.reason: str | None = None
         self.closed_event = asyncio.Event()  # the engine stream is closed
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
         self._ended = False
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
     async def run(self) -> None:
         logger.info("session %s opened (job %s)", self.id, self.grant.job_id)
-        sender = asyncio.create_task(self._send_loop(), name=f"ws-send-{self.id}")
+        sender = self._sender = asyncio.create_task(self._send_loop(), name=f"ws-send-{self.id}")
         watchdog = asyncio.create_task(self._watchdog(), name=f"ws-watch-{self.id}")
         self._send(self._welcome())
         try:
@@ -464,8 +465,10 @@ class Session:
                 await asyncio.wait_for(self.closed_event.wait(), timeout=30)
         self._send({"type": "stopped", "reason": reason, "final_text": self.final_text,
                     "audio_seconds": round(self.audio_seconds, 3), "utterances": len(self.finals)})
-        self.outbox.put_nowait(None)  # drain what is queued, then the sender ends
-        await asyncio.sleep(0)
+        self.outbox.put_nowait(None)  # the sender drains what is queued (``stopped`` last), then ends
+        if self._sender is not None:  # close only after everything queued went out, even to a slow reader
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, ConnectionClosed):
+                await asyncio.wait_for(asyncio.shield(self._sender), timeout=10)
 
     async def _finalize(self, message: dict[str, Any]) -> None:
         if self.handle is None:

@@ -110,3 +110,19 @@ def test_engine_shutdown_closes_live_streams(loaded_test_model) -> None:
     assert until(events, "closed", 10)[-1].reason == "engine_closed"
     with pytest.raises(EngineClosedError):
         eng.open_stream(put, NO_VAD)
+
+
+def test_finalizes_apply_where_they_were_asked_in_the_audio(engine, heldout_clips) -> None:
+    first, second = heldout_clips[3].audio, heldout_clips[4].audio
+    events, put = collect()
+    handle = engine.open_stream(put, NO_VAD)
+    handle.push(first)  # a fast client: everything below may reach the engine in one go
+    handle.finalize()
+    handle.push(second)
+    handle.finalize()
+    handle.stop()
+    seen = until(events, "closed")
+    finals = [e for e in seen if e.kind == "final"]
+    assert [f.reason for f in finals] == ["finalize", "finalize"]
+    assert [f.result.committed_text for f in finals] == [alone(engine, first), alone(engine, second)]
+    assert [f.utterance for f in finals] == [0, 1]
