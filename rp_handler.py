@@ -26,6 +26,7 @@ from asr_engine import ParakeetEngine, TranscribeOptions, TranscriptionResult
 from audio_utils import DecodedAudio, load_audio_input
 from errors import ModelLoadError, ParakeetError
 from job_input import AudioSource, InfoRequest, TranscribeRequest, WebsocketRequest, parse_job_input
+from observability import Metrics, log_context, setup_logging
 from settings import Settings
 from subtitles import cues_from_words, to_srt, to_vtt
 from websocket_handler import PROTOCOL_VERSION, ServerThread, StreamServer, public_address
@@ -70,10 +71,12 @@ def shape_result(result: TranscriptionResult, request: TranscribeRequest) -> dic
 class TranscriptionService:
     """The handler's state: the engine and the settings. ``handle`` is the RunPod handler."""
 
-    def __init__(self, engine: ParakeetEngine, settings: Settings, streams: StreamServer | None = None) -> None:
+    def __init__(self, engine: ParakeetEngine, settings: Settings, streams: StreamServer | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.streams = streams  # the worker's WebSocket server (None: this worker serves batch jobs only)
+        self.metrics = metrics or Metrics(None)
 
     def concurrency(self, current: int) -> int:
         return self.settings.concurrency
@@ -91,12 +94,18 @@ class TranscriptionService:
         return info
 
     async def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The RunPod handler; every log line and metrics record of the job carries its id."""
+        with log_context(job_id=job.get("id")):
+            return await self._handle(job)
+
+    async def _handle(self, job: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
         try:
             request = parse_job_input(job.get("input"), max_session_s=self.settings.ws_max_session_s,
                                       max_idle_s=max(600.0, self.settings.ws_idle_timeout_s))
         except ParakeetError as exc:
             logger.info("job %s refused: %s", job.get("id"), exc)
+            self.metrics.record("batch", audio_s=0.0, error_code=exc.code, total_s=time.monotonic() - started)
             return error_output(exc)
         if isinstance(request, InfoRequest):
             return self.info()
@@ -112,6 +121,7 @@ class TranscriptionService:
         for source, outcome in zip(request.sources, outcomes):
             if isinstance(outcome, ParakeetError):
                 logger.info("job %s: %s failed: %s", job.get("id"), source.describe(), outcome)
+                self.metrics.record("batch", audio_s=0.0, error_code=outcome.code, total_s=time.monotonic() - started)
                 results.append(error_output(outcome))
             elif isinstance(outcome, BaseException):
                 raise outcome  # a bug: let the SDK record the traceback
@@ -155,6 +165,7 @@ class TranscriptionService:
 
     async def _one(self, source: AudioSource, request: TranscribeRequest, work_dir: Path,
                    reporter: _Progress) -> dict[str, Any]:
+        started = time.monotonic()
         audio: DecodedAudio = await asyncio.to_thread(
             load_audio_input, source.value, format_hint=source.format_hint, limits=self.settings.audio_limits(),
             s3=self.settings.s3, work_dir=work_dir,
@@ -167,6 +178,10 @@ class TranscriptionService:
             overlap_s=request.chunk_overlap_s,
         )
         result = await self.engine.transcribe(audio.samples, options, progress=reporter.update)
+        self.metrics.record("batch", audio_s=result.duration_s, inference_s=result.processing_s - result.queue_wait_s,
+                            queue_wait_s=result.queue_wait_s, total_s=time.monotonic() - started,
+                            batch_size=result.batch_size,
+                            active_sessions=self.streams.active_sessions if self.streams else None)
         return shape_result(result, request)
 
 
@@ -189,9 +204,11 @@ class _Progress:
 
 
 def main() -> None:
-    # `import runpod` installs its own root handler; force ours so the worker's logs keep one format.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    setup_logging()  # JSON lines on RunPod, text locally (replaces the root handler `import runpod` installs)
     settings = Settings.from_env()
+    if settings.log_format != "auto":
+        setup_logging(json_lines=settings.log_format == "json")
+    metrics = Metrics(settings.metrics_path())
     try:
         engine = ParakeetEngine.from_settings(settings, settings.engine_options())
     except ModelLoadError as exc:
@@ -202,7 +219,7 @@ def main() -> None:
                 f"{info.parameters:,}", info.device, info.dtype, info.load_seconds, info.warmup_seconds)
     streams: StreamServer | None = None
     try:
-        streams = ServerThread(StreamServer(engine, settings)).start()
+        streams = ServerThread(StreamServer(engine, settings, metrics=metrics)).start()
     except OSError as exc:  # batch jobs still work; websocket jobs get an error naming the problem
         logger.error("WebSocket server could not listen on %s:%d (%s); websocket jobs will fail until "
                      "PARAKEET_WS_PORT names a free port", settings.ws_host, settings.ws_port, exc)
@@ -211,7 +228,7 @@ def main() -> None:
         logger.info("WebSocket sessions will be announced at %s:%d (%s address; RUNPOD_PUBLIC_IP=%r, "
                     "RUNPOD_TCP_PORT_%d=%r)", host, port, which, settings.runpod_public_ip or None,
                     settings.ws_port, settings.runpod_tcp_port or None)
-    service = TranscriptionService(engine, settings, streams)
+    service = TranscriptionService(engine, settings, streams, metrics)
     runpod.serverless.start({"handler": service.handle, "concurrency_modifier": service.concurrency})
 
 

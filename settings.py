@@ -22,6 +22,7 @@ DEFAULT_MODEL = "nvidia/parakeet-tdt-0.6b-v3"
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 DtypeChoice = Literal["auto", "bfloat16", "float16", "float32"]
+LogFormat = Literal["auto", "json", "text"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,12 @@ class Settings:
     stream_right_s: float = 0.96  # PARAKEET_STREAM_RIGHT_S: lookahead after each chunk (80 ms multiple)
     runpod_public_ip: str = ""  # RUNPOD_PUBLIC_IP: set by RunPod when a TCP port is exposed
     runpod_tcp_port: int = 0  # RUNPOD_TCP_PORT_<ws_port>: the public port RunPod maps to ws_port
+    # Observability
+    log_format: LogFormat = "auto"  # PARAKEET_LOG_FORMAT: auto = JSON lines on RunPod, text elsewhere
+    metrics_file: str = "/tmp/parakeet-metrics.jsonl"  # PARAKEET_METRICS_FILE: per-request JSON lines; "off" disables
+
+    def metrics_path(self) -> Path | None:
+        return None if self.metrics_file.strip().lower() in ("off", "none", "0", "") else Path(self.metrics_file)
 
     def engine_options(self) -> EngineOptions:
         from asr_engine import EngineOptions
@@ -142,10 +149,13 @@ _ENV_NAMES = {
     "stream_chunk_s": "PARAKEET_STREAM_CHUNK_S",
     "stream_right_s": "PARAKEET_STREAM_RIGHT_S",
     "runpod_public_ip": "RUNPOD_PUBLIC_IP",
+    "log_format": "PARAKEET_LOG_FORMAT",
+    "metrics_file": "PARAKEET_METRICS_FILE",
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "dtype": ("auto", "bfloat16", "float16", "float32"),
+    "log_format": ("auto", "json", "text"),
 }
 
 

@@ -39,6 +39,7 @@ from websockets.http11 import Request, Response
 from asr_engine import ParakeetEngine
 from engine_streams import StreamEvent, StreamHandle, StreamOptions
 from errors import EngineClosedError, EngineOverloadedError, ParakeetError
+from observability import Metrics, log_context, setup_logging
 from settings import Settings
 from vad import EndpointConfig
 
@@ -101,8 +102,9 @@ class Grant:
 # --- the server -------------------------------------------------------------------------------------------------
 class StreamServer:
     def __init__(self, engine: ParakeetEngine, settings: Settings, limits: ServerLimits | None = None,
-                 *, ready: Callable[[], bool] | None = None) -> None:
+                 *, ready: Callable[[], bool] | None = None, metrics: Metrics | None = None) -> None:
         self.engine = engine
+        self.metrics = metrics or Metrics(None)
         self.settings = settings
         self.limits = limits or ServerLimits(
             max_sessions=settings.ws_max_sessions, idle_timeout_s=settings.ws_idle_timeout_s,
@@ -201,7 +203,8 @@ class StreamServer:
         self._sessions.add(session)
         grant.sessions.add(session)
         try:
-            await session.run()
+            with log_context(session_id=session.id, job_id=grant.job_id):
+                await session.run()
         finally:
             self._sessions.discard(session)
             grant.sessions.discard(session)
@@ -291,6 +294,11 @@ class Session:
                 await sender
             logger.info("session %s closed: %s, %.1f s of audio, %d utterances", self.id, self.reason,
                         self.audio_seconds, len(self.finals))
+            normal = ("stop", "disconnect", "idle_timeout", "max_session_length", "cancelled", "server_shutdown")
+            self.server.metrics.record("stream", audio_s=self.audio_seconds, total_s=time.monotonic() - self.opened,
+                                       session_id=self.id, job_id=self.grant.job_id,
+                                       active_sessions=self.server.active_sessions,
+                                       error_code=None if self.reason in normal else self.reason)
 
     async def end(self, reason: str) -> None:
         """Server-side end (idle, max length, job cancelled, shutdown): flush, say ``stopped``, close."""
@@ -601,7 +609,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--token", default=None, help="the token clients pass as ?token=...; default: generated")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     asyncio.run(_serve_standalone(args))
 
 

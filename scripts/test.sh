@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m ruff check .
+.venv/bin/hadolint Dockerfile
 .venv/bin/python -m pytest "$@"

@@ -1,0 +1,289 @@
+"""Structured logs, per-request metrics and the report command: real log records, real files, the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from observability import (
+    Metrics,
+    RequestRecord,
+    build_report,
+    format_report,
+    log_context,
+    metrics_files,
+    on_platform,
+    percentile,
+    setup_logging,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _lines(stream: io.StringIO) -> list[str]:
+    return [line for line in stream.getvalue().splitlines() if line]
+
+
+# ---------------------------------------------------------------------------------------------------- logging
+
+
+def test_platform_is_detected_from_runpod_variables() -> None:
+    assert on_platform({"RUNPOD_POD_ID": "abc123"}) and on_platform({"RUNPOD_ENDPOINT_ID": "ep"})
+    assert not on_platform({}) and not on_platform({"RUNPOD_POD_ID": ""})
+
+
+def test_on_the_platform_each_record_is_one_json_object_with_the_job(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    setup_logging(stream=stream, environ={"RUNPOD_POD_ID": "pod-1", "RUNPOD_ENDPOINT_ID": "ep-1"})
+    log = logging.getLogger("rp_handler")
+    log.info("before any job")
+    with log_context(job_id="job-42"):
+        log.info("decoded %d files", 3, extra={"audio_s": 12.5})
+        with log_context(session_id="sess-7"):
+            logging.getLogger("websocket_handler").warning("session\nopened")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("handler bug")
+    log.info("after the job")
+    records = [json.loads(line) for line in _lines(stream)]  # every line parses on its own
+    assert len(records) == 5
+    first, decoded, opened, bug, after = records
+    assert first["message"] == "before any job" and "job_id" not in first and first["level"] == "INFO"
+    assert decoded["message"] == "decoded 3 files" and decoded["job_id"] == "job-42" and decoded["audio_s"] == 12.5
+    assert decoded["requestId"] == "job-42" and "requestId" not in first  # the key RunPod's own log lines use
+    assert decoded["logger"] == "rp_handler" and decoded["ts"].endswith("+00:00")
+    assert opened == opened | {"job_id": "job-42", "session_id": "sess-7", "message": "session\nopened",
+                               "level": "WARNING", "logger": "websocket_handler"}
+    assert bug["level"] == "ERROR" and "ValueError: boom" in bug["exc"] and bug["job_id"] == "job-42"
+    assert "job_id" not in after and "session_id" not in after
+
+
+def test_locally_records_are_readable_text_tagged_with_the_job() -> None:
+    stream = io.StringIO()
+    setup_logging(stream=stream, environ={})
+    with log_context(job_id="job-1", session_id="s-9"):
+        logging.getLogger("asr_engine").info("ready: %s", "model")
+    logging.getLogger("asr_engine").info("no job here")
+    tagged, plain = _lines(stream)
+    assert tagged.endswith("INFO asr_engine: ready: model [job=job-1 session=s-9]")
+    assert plain.endswith("INFO asr_engine: no job here")
+    assert not tagged.startswith("{")
+
+
+def test_setup_replaces_the_handler_runpod_installs() -> None:
+    import runpod  # noqa: F401 - importing it is what installs its handler
+
+    logging.basicConfig(level=logging.DEBUG, format="%(message)s")  # whatever was configured before
+    stream = io.StringIO()
+    handler = setup_logging(json_lines=True, stream=stream)
+    root = logging.getLogger()
+    assert root.handlers == [handler] and root.level == logging.INFO
+    logging.getLogger("runpod").info("from the sdk's logger")
+    logging.getLogger("x").debug("below the level")
+    assert [json.loads(line)["message"] for line in _lines(stream)] == ["from the sdk's logger"]
+
+
+def test_context_follows_asyncio_tasks_and_to_thread_but_not_plain_threads() -> None:
+    stream = io.StringIO()
+    setup_logging(json_lines=True, stream=stream)
+    log = logging.getLogger("ctx")
+
+    async def job(job_id: str) -> None:
+        with log_context(job_id=job_id):
+            await asyncio.sleep(0.01)  # interleave the two jobs
+            await asyncio.to_thread(log.info, "in a worker thread")
+            log.info("on the loop")
+
+    async def main() -> None:
+        await asyncio.gather(job("a"), job("b"))
+        with log_context(job_id="c"):
+            thread = threading.Thread(target=log.info, args=("own thread",))
+            thread.start()
+            thread.join()
+
+    asyncio.run(main())
+    seen = [(r["message"], r.get("job_id")) for r in map(json.loads, _lines(stream))]
+    assert sorted(seen[:4]) == [("in a worker thread", "a"), ("in a worker thread", "b"),
+                                ("on the loop", "a"), ("on the loop", "b")]
+    assert seen[4] == ("own thread", None)  # a thread of its own starts without the caller's context
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+
+def test_metrics_are_json_lines_with_rtfx_and_the_context_ids(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "metrics.jsonl"
+    metrics = Metrics(path)
+    with log_context(job_id="job-1"):
+        ok = metrics.record("batch", audio_s=30.0, inference_s=0.25, queue_wait_s=0.004, total_s=0.4, batch_size=3)
+    failed = metrics.record("batch", audio_s=0.0, error_code="audio_corrupt", job_id="job-2", total_s=0.01)
+    stream = metrics.record("stream", audio_s=61.2, inference_s=1.7, session_id="s-1", active_sessions=5)
+    metrics.close()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 3 and metrics.written == 3
+    assert rows[0] == {"ts": rows[0]["ts"], "kind": "batch", "audio_s": 30.0, "inference_s": 0.25,
+                       "queue_wait_s": 0.004, "total_s": 0.4, "rtfx": 120.0, "batch_size": 3, "job_id": "job-1"}
+    assert rows[1]["error_code"] == "audio_corrupt" and "rtfx" not in rows[1] and rows[1]["job_id"] == "job-2"
+    assert rows[2]["session_id"] == "s-1" and rows[2]["active_sessions"] == 5 and rows[2]["rtfx"] == 36.0
+    assert ok is not None and failed is not None and stream is not None and not failed.ok
+    assert [RequestRecord.from_dict(r) for r in rows] == [ok, failed, stream]
+
+
+def test_metrics_from_many_threads_rotate_without_losing_or_tearing_lines(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    metrics = Metrics(path, max_bytes=8_000, backups=500)
+    threads_n, per_thread = 8, 150
+
+    def worker(n: int) -> None:
+        for i in range(per_thread):
+            metrics.record("stream" if n % 2 else "batch", audio_s=float(i), inference_s=0.01 + i / 1000,
+                           queue_wait_s=0.001, batch_size=n + 1, job_id=f"t{n}-{i}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    metrics.close()
+    files = metrics_files(path)
+    assert len(files) > 5 and all(f.stat().st_size <= 8_000 for f in files)  # it rotated
+    ids = [json.loads(line)["job_id"] for f in files for line in f.read_text().splitlines()]  # no torn line
+    assert sorted(ids) == sorted(f"t{n}-{i}" for n in range(threads_n) for i in range(per_thread))
+    assert metrics.written == threads_n * per_thread and metrics.failures == 0
+
+    small = Metrics(tmp_path / "small.jsonl", max_bytes=2_000, backups=2)
+    for i in range(200):
+        small.record("batch", audio_s=1.0, inference_s=0.1, job_id=str(i))
+    small.close()
+    assert [f.name for f in metrics_files(tmp_path / "small.jsonl")] == ["small.jsonl.2", "small.jsonl.1",
+                                                                        "small.jsonl"]
+
+
+def test_metrics_never_raise_into_the_caller(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unwritable = Metrics(blocker / "metrics.jsonl")  # its directory cannot be created
+    assert not unwritable.enabled and unwritable.record("batch", audio_s=1.0) is None
+
+    directory = tmp_path / "is-a-dir"
+    directory.mkdir()
+    broken = Metrics(directory)  # opening it for append fails at the first write
+    with caplog.at_level(logging.WARNING, logger="observability"):
+        assert broken.record("batch", audio_s=1.0, inference_s=0.1) is None
+        assert broken.record("batch", audio_s=2.0, inference_s=0.1) is None
+    assert broken.failures == 2 and broken.written == 0
+    warnings = [r for r in caplog.records if "could not write" in r.getMessage()]
+    assert len(warnings) == 1  # logged once, then only counted
+
+    odd = Metrics(tmp_path / "odd.jsonl")
+    assert odd.record("batch", audio_s="not a number", inference_s=0.1) is None  # type: ignore[arg-type]
+    rec = odd.record("batch", audio_s=float("nan"), inference_s=float("inf"), queue_wait_s=float("-inf"))
+    odd.close()
+    assert rec is not None and rec.audio_s == 0.0 and rec.inference_s is None and rec.rtfx is None
+    json.loads((tmp_path / "odd.jsonl").read_text())  # still strict JSON (no NaN/Infinity tokens)
+
+    assert Metrics(None).record("batch", audio_s=1.0) is None and not Metrics(None).enabled
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def _write(path: Path, records: list[RequestRecord], garbage: str = "") -> None:
+    path.write_text("".join(r.to_json() + "\n" for r in records) + garbage)
+
+
+def _fixture_files(tmp_path: Path) -> tuple[Path, list[RequestRecord]]:
+    """60 records over 2 hours: the older hour in a rotated backup, 10 % errors, known distributions."""
+    end = 1_800_000_000.0
+    rng = np.random.default_rng(5)
+    records = []
+    for i in range(60):
+        ts = end - 7200 + i * 120 + 60
+        error = "audio_corrupt" if i % 10 == 3 else None
+        inference = float(rng.uniform(0.05, 2.0))
+        records.append(RequestRecord(
+            ts=ts, kind="stream" if i % 4 == 0 else "batch", audio_s=float(10 + i), inference_s=inference,
+            queue_wait_s=float(rng.uniform(0, 0.05)), total_s=inference + 0.1,
+            rtfx=None if error else round((10 + i) / inference, 2), batch_size=1 + i % 4, active_sessions=i % 7,
+            error_code=error, job_id=f"j{i}"))
+    path = tmp_path / "metrics.jsonl"
+    _write(tmp_path / "metrics.jsonl.1", records[:30], garbage="{not json\n")
+    _write(path, records[30:], garbage='{"ts": 1, "kind": "batch"')  # a torn last line
+    return path, records
+
+
+def test_report_summarises_a_window_across_rotated_files(tmp_path: Path) -> None:
+    path, records = _fixture_files(tmp_path)
+    end = 1_800_000_000.0
+    last_hour = [r for r in records if r.ts >= end - 3600]
+    report = build_report(path, window_s=3600, end=end)
+    assert report.count == len(last_hour) == 30 and report.files[0].endswith("metrics.jsonl.1")
+    assert report.errors == sum(1 for r in last_hour if r.error_code) == 3 and report.error_rate == 0.1
+    assert report.error_codes == {"audio_corrupt": 3} and report.skipped_lines == 2
+    ok = [r for r in last_hour if r.ok]
+    for name in ("queue_wait_s", "inference_s", "rtfx", "audio_s", "total_s"):
+        values = [getattr(r, name) for r in ok]
+        dist = report.stats[name]
+        assert dist.count == len(ok)
+        for pct, got in zip((50, 95, 99), (dist.p50, dist.p95, dist.p99)):
+            assert got == pytest.approx(float(np.percentile(values, pct)), abs=1e-3), (name, pct)
+    assert report.audio_hours == pytest.approx(sum(r.audio_s for r in ok) / 3600, abs=1e-4)
+    assert report.max_active_sessions == max(r.active_sessions for r in last_hour)
+    assert report.by_kind == {"batch": sum(r.kind == "batch" for r in last_hour),
+                              "stream": sum(r.kind == "stream" for r in last_hour)}
+
+    everything = build_report(path, window_s=0, end=end)
+    assert everything.count == 60 and everything.errors == 6
+    streams = build_report(path, window_s=0, end=end, kind="stream")
+    assert streams.count == 15 and set(streams.by_kind) == {"stream"}
+    text = format_report(report)
+    assert "requests: 30 (batch 23, stream 7), errors: 3 (10.0%) [audio_corrupt 3]" in text
+    assert "skipped 2 unreadable line(s)" in text
+    assert any(line.startswith("RTFx") for line in text.splitlines())
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    values = sorted(np.random.default_rng(1).exponential(size=97).tolist())
+    for pct in (0, 1, 50, 95, 99, 100):
+        assert percentile(values, pct) == pytest.approx(float(np.percentile(values, pct)))
+    assert percentile([4.0], 99) == 4.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_report_command_prints_text_and_json(tmp_path: Path) -> None:
+    path, _ = _fixture_files(tmp_path)
+    base = [sys.executable, "-m", "observability", "report", str(path), "--end", "1800000000"]
+    as_json = subprocess.run([*base, "--window", "3600", "--json"], cwd=REPO, capture_output=True, text=True,
+                             timeout=60)
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["count"] == 30 and report["error_rate"] == 0.1 and set(report["stats"]["rtfx"]) >= {"p50", "p99"}
+    as_text = subprocess.run([*base, "--window", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert as_text.returncode == 0 and "requests: 60" in as_text.stdout and "p95" in as_text.stdout
+    missing = subprocess.run([sys.executable, "-m", "observability", "report", str(tmp_path / "none.jsonl")],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no metrics file" in missing.stderr
