@@ -35,8 +35,8 @@ class Dimensions:
 FULL_SIZE = Dimensions(d_model=1024, n_layers=24, n_heads=8, subsampling_channels=256, pred_hidden=640,
                        joint_hidden=640, vocab_size=8192)
 # The committed test model: same topology, small enough to train on 2 CPU cores in well under an hour.
-TEST_SIZE = Dimensions(d_model=144, n_layers=6, n_heads=4, subsampling_channels=64, pred_hidden=160,
-                       joint_hidden=160, vocab_size=256)
+TEST_SIZE = Dimensions(d_model=144, n_layers=4, n_heads=4, subsampling_channels=96, pred_hidden=160,
+                       joint_hidden=160, vocab_size=128)
 
 
 def train_tokenizer(sentences: list[str], out_dir: Path, vocab_size: int) -> Path:

@@ -1,6 +1,6 @@
 """Regenerate the committed test model and its held-out evaluation set.
 
-    .venv/bin/python -m testmodel.make          # ~55 min on 2 cores; needs espeak-ng
+    .venv/bin/python -m testmodel.make          # ~58 min on 2 cores; needs espeak-ng
     .venv/bin/python -m testmodel.evaluate      # measures WER, rewrites the results in docs/TEST_MODEL.md
 
 Writes ``tests/assets/parakeet-tdt-test.nemo``, ``tests/assets/heldout/`` (FLAC clips + ``manifest.tsv``) and
@@ -35,6 +35,7 @@ DEFAULT_SEED = 20261121
 DEFAULT_TRAIN_UTTERANCES = 9000
 DEFAULT_HELDOUT_PER_SPLIT = 50
 DEFAULT_DEV_UTTERANCES = 40
+DEFAULT_BOOTSTRAP_UTTERANCES = 6000
 
 
 def _to_int16(audio: np.ndarray) -> np.ndarray:
@@ -47,10 +48,12 @@ class CorpusPlan:
     dev: list[corpus.UtteranceSpec]  # held-out sentences, seen voices: the training curve
     seen: list[corpus.UtteranceSpec]  # committed: held-out sentences, seen voices
     unseen: list[corpus.UtteranceSpec]  # committed: held-out sentences, voices never used in training
+    bootstrap: list[corpus.UtteranceSpec]  # short grammar-free utterances of 46 words: the first training phase
 
 
 def plan_corpus(seed: int = DEFAULT_SEED, train_utterances: int = DEFAULT_TRAIN_UTTERANCES,
-                heldout_per_split: int = DEFAULT_HELDOUT_PER_SPLIT, dev_utterances: int = DEFAULT_DEV_UTTERANCES) -> CorpusPlan:
+                heldout_per_split: int = DEFAULT_HELDOUT_PER_SPLIT, dev_utterances: int = DEFAULT_DEV_UTTERANCES,
+                bootstrap_utterances: int = DEFAULT_BOOTSTRAP_UTTERANCES) -> CorpusPlan:
     """Every utterance of the recipe, deterministically from the seed (cheap: no audio is rendered).
 
     Held-out sentences are drawn first and excluded from training by exact text.
@@ -64,7 +67,11 @@ def plan_corpus(seed: int = DEFAULT_SEED, train_utterances: int = DEFAULT_TRAIN_
     specs_unseen = corpus.make_specs(rng, held_sentences[k : 2 * k], unseen, "unseen")
     specs_dev = corpus.make_specs(rng, held_sentences[2 * k :], seen, "dev")
     specs_train = corpus.make_specs(rng, train_sentences, seen, "train")
-    return CorpusPlan(train=specs_train, dev=specs_dev, seen=specs_seen, unseen=specs_unseen)
+    # Drawn last, from their own generator, so the plan of every other utterance is unchanged.
+    boot_rng = random.Random(seed + 1)
+    boot_sentences = corpus.make_bootstrap_sentences(boot_rng, bootstrap_utterances, exclude=held_sentences)
+    specs_boot = corpus.make_specs(boot_rng, boot_sentences, seen, "boot")
+    return CorpusPlan(train=specs_train, dev=specs_dev, seen=specs_seen, unseen=specs_unseen, bootstrap=specs_boot)
 
 
 def dev_wer(model, clips: list[tuple[np.ndarray, str]], batch_size: int = 16) -> float:
@@ -102,11 +109,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=TrainOptions.lr)
     parser.add_argument("--warmup-steps", type=int, default=TrainOptions.warmup_steps)
     parser.add_argument("--curriculum-steps", type=int, default=TrainOptions.curriculum_steps)
+    parser.add_argument("--bootstrap-steps", type=int, default=TrainOptions.bootstrap_steps)
+    parser.add_argument("--bootstrap-utterances", type=int, default=DEFAULT_BOOTSTRAP_UTTERANCES)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     started = time.monotonic()
-    plan = plan_corpus(args.seed, args.train_utterances, args.heldout_per_split, args.dev_utterances)
+    plan = plan_corpus(args.seed, args.train_utterances, args.heldout_per_split, args.dev_utterances,
+                       args.bootstrap_utterances)
     train_sentences = [s.text for s in plan.train]
     specs_seen, specs_unseen, specs_dev, specs_train = plan.seen, plan.unseen, plan.dev, plan.train
 
@@ -129,17 +139,20 @@ def main() -> None:
                     kept.append((spec, _to_int16(audio)))
             return kept
 
+        boot_set = render(plan.bootstrap) if args.bootstrap_steps > 0 else []
         train_set = render(specs_train)
         dev_set = render(specs_dev)
         hours = sum(a.shape[0] for _, a in train_set) / corpus.SAMPLE_RATE_HZ / 3600
         logger.info("rendered %d training utterances (%.1f h) in %.1f min", len(train_set), hours,
                     (time.monotonic() - started) / 60)
         examples = [Example(a, model.tokenizer.text_to_ids(s.text)) for s, a in train_set]
+        bootstrap = [Example(a, model.tokenizer.text_to_ids(s.text)) for s, a in boot_set]
         dev_clips = [(a, s.text) for s, a in dev_set]
 
         opts = replace(TrainOptions(), steps=args.steps, batch_audio_s=args.batch_audio_s, seed=args.seed,
-                       lr=args.lr, warmup_steps=args.warmup_steps, curriculum_steps=args.curriculum_steps)
-        curve = train(model, examples, opts, evaluate=lambda step: dev_wer(model, dev_clips))
+                       lr=args.lr, warmup_steps=args.warmup_steps, curriculum_steps=args.curriculum_steps,
+                       bootstrap_steps=args.bootstrap_steps)
+        curve = train(model, examples, opts, evaluate=lambda step: dev_wer(model, dev_clips), bootstrap=bootstrap)
 
         out: Path = args.out
         out.mkdir(parents=True, exist_ok=True)
