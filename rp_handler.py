@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ from websocket_handler import PROTOCOL_VERSION, ServerThread, StreamServer, publ
 
 logger = logging.getLogger("rp_handler")
 
+WORKER_VERSION = "0.4.0"
 PROGRESS_INTERVAL_S = 2.0
 
 
@@ -90,6 +92,7 @@ class TranscriptionService:
             "max_download_bytes": self.settings.max_download_bytes, "concurrency": self.settings.concurrency,
             "runpod_payload_mb": {"run": 10, "runsync": 20},
         }
+        info["worker_version"] = WORKER_VERSION
         info["success"] = True
         return info
 
@@ -203,20 +206,31 @@ class _Progress:
             runpod.serverless.progress_update(self.job, payload)
 
 
+def _runpod_environment() -> dict[str, str]:
+    """The RUNPOD_* variables the platform set (secrets masked), for the start-up log."""
+    secret = ("KEY", "SECRET", "TOKEN", "PASSWORD")
+    return {k: ("***" if any(w in k for w in secret) else v) for k, v in sorted(os.environ.items())
+            if k.startswith("RUNPOD_")}
+
+
 def main() -> None:
     setup_logging()  # JSON lines on RunPod, text locally (replaces the root handler `import runpod` installs)
     settings = Settings.from_env()
     if settings.log_format != "auto":
         setup_logging(json_lines=settings.log_format == "json")
+    logger.info("parakeet worker %s starting (runpod %s); RunPod environment: %s", WORKER_VERSION,
+                runpod.__version__, _runpod_environment() or "none (running locally)")
     metrics = Metrics(settings.metrics_path())
     try:
         engine = ParakeetEngine.from_settings(settings, settings.engine_options())
     except ModelLoadError as exc:
         logger.error("%s", exc)
         sys.exit(2)
-    info = engine.info()
-    logger.info("ready: %s (%s, %s parameters) on %s/%s, load %.1f s, warm-up %.2f s", info.model, info.source,
-                f"{info.parameters:,}", info.device, info.dtype, info.load_seconds, info.warmup_seconds)
+    except Exception as exc:  # the fitness check: the model loaded but cannot run (CUDA mismatch, out of memory, ...)
+        logger.exception("the model loaded but its warm-up inference failed (%s: %s); check that the image's CUDA "
+                         "build matches the host driver (docs/DEPLOY.md, Troubleshooting) or set PARAKEET_DEVICE=cpu "
+                         "to confirm the model itself works", type(exc).__name__, exc)
+        sys.exit(3)
     streams: StreamServer | None = None
     try:
         streams = ServerThread(StreamServer(engine, settings, metrics=metrics)).start()
@@ -228,6 +242,9 @@ def main() -> None:
         logger.info("WebSocket sessions will be announced at %s:%d (%s address; RUNPOD_PUBLIC_IP=%r, "
                     "RUNPOD_TCP_PORT_%d=%r)", host, port, which, settings.runpod_public_ip or None,
                     settings.ws_port, settings.runpod_tcp_port or None)
+    info = engine.info()
+    logger.info("ready: %s (%s, %s parameters) on %s/%s, load %.1f s, warm-up %.2f s", info.model, info.source,
+                f"{info.parameters:,}", info.device, info.dtype, info.load_seconds, info.warmup_seconds)
     service = TranscriptionService(engine, settings, streams, metrics)
     runpod.serverless.start({"handler": service.handle, "concurrency_modifier": service.concurrency})
 

@@ -280,9 +280,16 @@ class StreamingRecognizer:
         new_tokens: list[list[Token]] = [[] for _ in states]
         drafts: list[list[Token]] = [[] for _ in states]
         work = [i for i, p in enumerate(plans) if p.chunk_end > p.chunk_start]  # an ended stream may have none
-        if work:
-            tokens, lookahead = self._run([states[i] for i in work], [plans[i] for i in work])
-            for i, committed, draft in zip(work, tokens, lookahead):
+        # One forward per window length: windows of equal length batch with no padding, so a stream's result does
+        # not depend on its batch mates (padding changes the last STFT frames). In steady state every stream's
+        # window is left + chunk + right, so all of them share one forward; only streams still in their first
+        # seconds or flushing their tail run apart.
+        groups: dict[int, list[int]] = {}
+        for i in work:
+            groups.setdefault(plans[i].window_end - plans[i].window_start, []).append(i)
+        for members in groups.values():
+            tokens, lookahead = self._run([states[i] for i in members], [plans[i] for i in members])
+            for i, committed, draft in zip(members, tokens, lookahead):
                 new_tokens[i], drafts[i] = committed, draft
         return [self._commit(state, plan, new_tokens[i], drafts[i])
                 for i, (state, plan) in enumerate(zip(states, plans))]
@@ -366,9 +373,10 @@ class StreamingRecognizer:
     def _plan(self, state: StreamState) -> _Plan:
         start = state.consumed
         if state.ended:
-            chunk_end = min(start + self.chunk_samples, state.received)
-            window_end = min(chunk_end + self.right_samples, state.received)
-            final = chunk_end >= state.received
+            # The tail (what is left after the last chunk, the right context and the flush padding) is decoded in
+            # one pass: a final then costs one forward, not one per chunk (finalize latency).
+            chunk_end = window_end = state.received
+            final = True
         else:
             chunk_end = start + self.chunk_samples
             window_end = chunk_end + self.right_samples
