@@ -1,0 +1,196 @@
+"""Streaming recognition vs offline on the held-out clips: final WER, seam errors, per-step compute time.
+
+    .venv/bin/python -m bench.streaming_accuracy                      # all held-out clips, default config
+    .venv/bin/python -m bench.streaming_accuracy --chunk-s 0.48 --right-s 0.48 --left-s 4.0
+    .venv/bin/python -m bench.streaming_accuracy --batches 1 8 16 --json
+
+Accuracy: every clip is streamed as a live client would send it (20 ms frames, staggered starts so chunk
+boundaries never line up, one batched ``step`` per chunk period over all ready streams, ``finalize`` at the
+end) and scored against the reference, beside the offline transcript of the same clips. "Seam" errors are the
+insertions and deletions of the streamed text measured against the offline text of the same audio.
+
+Compute: ``B`` streams of continuous speech (held-out clips back to back) in steady state (full left context),
+one ``step`` over all ``B`` per chunk; median and p90 milliseconds per step, and the real-time factor
+``chunk_s / step time`` per stream (how many such streams one step loop can hold in real time on this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import machine_info, quiet_nemo
+
+SAMPLE_RATE_HZ = 16_000
+TICK_S = 0.02
+
+
+def stream_staggered(streamer: Any, audios: list[np.ndarray], stagger_s: float) -> tuple[list[str], list[int]]:
+    """Final committed texts of live streams starting ``stagger_s`` apart, stepped once per chunk period."""
+    piece = int(TICK_S * SAMPLE_RATE_HZ)
+    ticks_per_step = max(1, round(streamer.config.chunk_s / TICK_S))
+    states = [streamer.new_stream(f"s{i}") for i in range(len(audios))]
+    sent = [0] * len(audios)
+    finals: dict[int, str] = {}
+    batches: list[int] = []
+    tick = 0
+    while len(finals) < len(audios):
+        now = tick * TICK_S
+        for i, (audio, state) in enumerate(zip(audios, states)):
+            if now + 1e-9 < i * stagger_s or state.ended:
+                continue
+            if sent[i] < audio.shape[0]:
+                streamer.accept(state, audio[sent[i] : sent[i] + piece])
+                sent[i] += piece
+            else:
+                streamer.end(state)
+        if tick % ticks_per_step == 0:
+            batch = [s for s in states if streamer.ready(s)]
+            if batch:
+                batches.append(len(batch))
+                for state, result in zip(batch, streamer.step(batch)):
+                    if result.final:
+                        finals[states.index(state)] = result.committed_text
+        tick += 1
+    return [finals[i] for i in range(len(audios))], batches
+
+
+def step_times(streamer: Any, speech: np.ndarray, batch: int, steps: int) -> list[float]:
+    """Seconds per batched step of ``batch`` streams (different audio each) in steady state: full left context,
+    one chunk arriving per stream between steps."""
+    chunk, right = streamer.chunk_samples, streamer.right_samples
+    warmup = math.ceil(streamer.left_samples / chunk) + 1
+    span = chunk + right + (warmup + steps) * chunk
+    if speech.shape[0] < 2 * span:
+        speech = np.tile(speech, math.ceil(2 * span / speech.shape[0]))
+    streams = []
+    for b in range(batch):
+        start = (b * 104_729) % (speech.shape[0] - span)  # different speech in every stream
+        audio = speech[start : start + span]
+        state = streamer.new_stream(f"b{b}")
+        streamer.accept(state, audio[: chunk + right])
+        streams.append((state, audio))
+    times: list[float] = []
+    for k in range(warmup + steps):
+        states = [s for s, _ in streams]
+        started = time.perf_counter()
+        streamer.step(states)
+        if k >= warmup:
+            times.append(time.perf_counter() - started)
+        for state, audio in streams:
+            streamer.accept(state, audio[state.received : state.received + chunk])
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    from testmodel.heldout import HELDOUT_DIR, MODEL_PATH
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-path", default=str(MODEL_PATH))
+    parser.add_argument("--heldout-dir", default=str(HELDOUT_DIR))
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
+    parser.add_argument("--left-s", type=float, default=4.0)
+    parser.add_argument("--chunk-s", type=float, default=0.96)
+    parser.add_argument("--right-s", type=float, default=0.96)
+    parser.add_argument("--final-pad-s", type=float, default=0.32)
+    parser.add_argument("--clips", type=int, default=0, help="use the first N held-out clips (0: all)")
+    parser.add_argument("--stagger-s", type=float, default=0.37, help="start offset between streams")
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 8], help="batch sizes to time")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per batch size")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args(argv)
+
+    quiet_nemo()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    from inference import Recognizer
+    from model_loader import load_model
+    from settings import Settings
+    from streaming import StreamingConfig, StreamingRecognizer
+    from testmodel.heldout import load_heldout, wer
+
+    loaded = load_model(Settings(model=args.model_path, dtype=args.dtype))
+    recognizer = Recognizer(loaded)
+    config = StreamingConfig(left_s=args.left_s, chunk_s=args.chunk_s, right_s=args.right_s,
+                             final_pad_s=args.final_pad_s)
+    streamer = StreamingRecognizer(recognizer, config)
+    clips = load_heldout(Path(args.heldout_dir))
+    if args.clips > 0:
+        clips = clips[: args.clips]
+
+    recognizer.transcribe([clips[0].audio])  # warm-up: first calls pay one-off costs
+    stream_staggered(streamer, [clips[0].audio], args.stagger_s)
+    started = time.perf_counter()
+    offline = [t.text for t in recognizer.transcribe([c.audio for c in clips])]
+    offline_s = time.perf_counter() - started
+    started = time.perf_counter()
+    streamed, batches = stream_staggered(streamer, [c.audio for c in clips], args.stagger_s)
+    streamed_s = time.perf_counter() - started
+
+    accuracy: dict[str, Any] = {}
+    for split in ("all", "seen", "unseen"):
+        idx = [i for i, c in enumerate(clips) if split == "all" or c.split == split]
+        if not idx:
+            continue
+        refs = [clips[i].text for i in idx]
+        off = wer([offline[i] for i in idx], refs)
+        st = wer([streamed[i] for i in idx], refs)
+        seam = wer([streamed[i] for i in idx], [offline[i] for i in idx])
+        accuracy[split] = {"clips": len(idx), "words": st.words, "offline_wer": round(off.wer_percent, 2),
+                           "streamed_wer": round(st.wer_percent, 2),
+                           "streamed_vs_offline": {"wer": round(seam.wer_percent, 2), "ins": seam.insertions,
+                                                   "del": seam.deletions, "sub": seam.substitutions}}
+
+    speech = np.concatenate([c.audio for c in clips])
+    compute: dict[str, Any] = {}
+    for batch in args.batches:
+        times = step_times(streamer, speech, batch, args.steps)
+        med = statistics.median(times)
+        compute[str(batch)] = {"steps": len(times), "median_ms": round(1000 * med, 1),
+                               "p90_ms": round(1000 * sorted(times)[int(0.9 * (len(times) - 1))], 1),
+                               "per_stream_ms": round(1000 * med / batch, 1),
+                               "realtime_streams": round(config.chunk_s * batch / med, 1)}
+
+    report = {
+        "machine": machine_info(), "model": loaded.source.name, "dtype": str(loaded.dtype).replace("torch.", ""),
+        "config": {"left_s": config.left_s, "chunk_s": config.chunk_s, "right_s": config.right_s,
+                   "final_pad_s": config.final_pad_s},
+        "audio_s": round(sum(c.seconds for c in clips), 1), "offline_s": round(offline_s, 2),
+        "streamed_s": round(streamed_s, 2), "largest_batch": max(batches), "accuracy": accuracy,
+        "step_compute": compute,
+    }
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(f"model {report['model']} ({report['dtype']}), {len(clips)} clips, {report['audio_s']} s of audio, "
+          f"left/chunk/right {config.left_s}/{config.chunk_s}/{config.right_s} s, "
+          f"threads {torch.get_num_threads()}")
+    print("| split | clips | words | offline WER % | streamed WER % | streamed vs offline: ins / del / sub |")
+    print("|---|---|---|---|---|---|")
+    for split, row in accuracy.items():
+        s = row["streamed_vs_offline"]
+        print(f"| {split} | {row['clips']} | {row['words']} | {row['offline_wer']} | {row['streamed_wer']} | "
+              f"{s['ins']} / {s['del']} / {s['sub']} |")
+    print(f"offline pass {offline_s:.2f} s; streamed (all clips, largest batch {max(batches)}) {streamed_s:.2f} s")
+    print("| batch | median ms/step | p90 ms/step | ms per stream | streams held in real time |")
+    print("|---|---|---|---|---|")
+    for batch, row in compute.items():
+        print(f"| {batch} | {row['median_ms']} | {row['p90_ms']} | {row['per_stream_ms']} | "
+              f"{row['realtime_streams']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

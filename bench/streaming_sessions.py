@@ -1,0 +1,222 @@
+"""Live WebSocket sessions against the real server: latency, lag, capacity, streamed-vs-offline accuracy.
+
+    .venv/bin/python -m bench.streaming_sessions --sessions 8                   # test model, 8 real-time clients
+    .venv/bin/python -m bench.streaming_sessions --capacity 2 4 6 8 12 16        # sessions held at real time
+    .venv/bin/python -m bench.streaming_sessions --full-size --capacity 1 2 3 4 6 --seconds 30
+    .venv/bin/python -m bench.streaming_sessions --chunk-s 0.48 --right-s 0.48 --sessions 8   # trade-off rows
+
+Each client is a real WebSocket client on localhost speaking docs/PROTOCOL.md. It sends 20 ms PCM16 frames on an
+absolute real-time schedule (frame k leaves at t0 + k * 20 ms, never sleep-after-send), starting at a random
+offset so chunk boundaries of different clients do not line up. Its audio is held-out clips separated by 1.2 s
+of silence; 200 ms after each clip's speech ends it sends ``finalize`` (as a voice agent does when its own VAD
+fires) and measures the time to the final marked ``from_finalize``. Server endpointing is off so the finalize
+latency is measured alone.
+
+Reported per run: first-partial time (from the first frame sent), finalize → final latency, partial lag (arrival
+time minus the wall time at which the audio the partial covers was sent), backlog errors, and the WER of the
+session's finals against the offline transcript of the same clips and against the reference text. A run "holds"
+when its p95 partial lag stays under ``--max-lag-s`` and no audio was refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from websockets.asyncio.client import connect
+
+from bench.common import machine_info, quiet_nemo
+
+RATE = 16_000
+FRAME_S = 0.02
+GAP_S = 1.2
+CLIENT_VAD_WAIT_S = 0.2
+
+
+@dataclass
+class ClientResult:
+    first_partial_s: float | None = None
+    finalize_latency_s: list[float] = field(default_factory=list)
+    lags_s: list[float] = field(default_factory=list)
+    finals: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))], 4)
+
+
+def session_audio(clips: list[Any], seconds: float, rng: random.Random) -> tuple[np.ndarray, list[float], list[Any]]:
+    """Clips separated by silence up to ``seconds``; returns audio, end-of-speech times, the clips used."""
+    parts, ends, used, t = [], [], [], 0.0
+    gap = np.zeros(int(GAP_S * RATE), np.float32)
+    while t < seconds:
+        clip = rng.choice(clips)
+        parts += [clip.audio, gap]
+        t += len(clip.audio) / RATE
+        ends.append(t)
+        t += GAP_S
+        used.append(clip)
+    return np.concatenate(parts), ends, used
+
+
+async def run_client(url: str, audio: np.ndarray, speech_ends: list[float], delay: float) -> ClientResult:
+    await asyncio.sleep(delay)
+    res = ClientResult()
+    async with connect(url, max_size=None) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"action": "start", "sample_rate": RATE, "endpointing": False}))
+        await ws.recv()
+        t0 = time.monotonic()
+        finalize_sent: list[float] = []
+
+        async def receiver() -> None:
+            while True:
+                msg = json.loads(await ws.recv())
+                now = time.monotonic()
+                if msg["type"] == "error":
+                    res.errors.append(msg["code"])
+                elif msg["type"] == "stopped":
+                    return
+                elif msg["type"] == "transcription":
+                    if msg["is_final"]:
+                        res.finals.append(msg["text"])
+                        if msg.get("from_finalize") and finalize_sent:
+                            res.finalize_latency_s.append(now - finalize_sent.pop(0))
+                    else:
+                        if res.first_partial_s is None:
+                            res.first_partial_s = now - t0
+                        res.lags_s.append(now - (t0 + msg["audio_end"]))
+
+        recv_task = asyncio.create_task(receiver())
+        step = int(FRAME_S * RATE)
+        pending_ends = list(speech_ends)
+        for k, start in enumerate(range(0, len(audio), step)):
+            due = t0 + k * FRAME_S
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await ws.send((np.clip(audio[start : start + step], -1, 1) * 32767).astype("<i2").tobytes())
+            sent_s = (start + step) / RATE
+            if pending_ends and sent_s >= pending_ends[0] + CLIENT_VAD_WAIT_S:
+                pending_ends.pop(0)
+                finalize_sent.append(time.monotonic())
+                await ws.send(json.dumps({"action": "finalize"}))
+        await ws.send(json.dumps({"action": "stop"}))
+        await asyncio.wait_for(recv_task, 120)
+    return res
+
+
+async def run_sessions(server: Any, sessions: int, seconds: float, clips: list[Any], seed: int
+                       ) -> tuple[list[ClientResult], list[list[Any]]]:
+    rng = random.Random(seed)
+    url = f"ws://127.0.0.1:{server.port}/?token=bench"
+    plans = [session_audio(clips, seconds, rng) for _ in range(sessions)]
+    results = await asyncio.gather(*(run_client(url, a, e, rng.uniform(0, 1.0)) for a, e, _ in plans))
+    return list(results), [used for _, _, used in plans]
+
+
+def summarize(results: list[ClientResult], used: list[list[Any]], offline: dict[int, str], wer_fn: Any,
+              max_lag_s: float) -> dict[str, Any]:
+    lags = [x for r in results for x in r.lags_s]
+    fin = [x for r in results for x in r.finalize_latency_s]
+    firsts = [r.first_partial_s for r in results if r.first_partial_s is not None]
+    errors = [e for r in results for e in r.errors]
+    hyp = [" ".join(r.finals) for r in results]
+    off = [" ".join(offline[id(c)] for c in u) for u in used]
+    ref = [" ".join(c.text for c in u) for u in used]
+    p95 = pct(lags, 0.95)
+    return {
+        "first_partial_s": {"p50": pct(firsts, 0.5), "max": max(firsts) if firsts else None},
+        "finalize_to_final_ms": {k: None if v is None else round(v * 1000, 1)
+                                 for k, v in (("p50", pct(fin, 0.5)), ("p95", pct(fin, 0.95)),
+                                              ("p99", pct(fin, 0.99)), ("max", max(fin) if fin else None))},
+        "finalizes": len(fin),
+        "partial_lag_s": {"p50": pct(lags, 0.5), "p95": p95, "max": max(lags) if lags else None},
+        "errors": sorted(set(errors)), "error_count": len(errors),
+        "wer_vs_offline_pct": round(wer_fn(hyp, off).wer_percent, 2),
+        "wer_vs_reference_pct": round(wer_fn(hyp, ref).wer_percent, 2),
+        "offline_wer_vs_reference_pct": round(wer_fn(off, ref).wer_percent, 2),
+        "held": bool(p95 is not None and p95 <= max_lag_s and not errors),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, nargs="*", default=[8])
+    parser.add_argument("--capacity", type=int, nargs="*", default=None, help="session counts to try (stops at "
+                        "the first that does not hold)")
+    parser.add_argument("--seconds", type=float, default=40.0, help="audio per session")
+    parser.add_argument("--full-size", action="store_true", help="the 627 M architecture with random weights")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--left-s", type=float, default=4.0)
+    parser.add_argument("--chunk-s", type=float, default=0.96)
+    parser.add_argument("--right-s", type=float, default=0.96)
+    parser.add_argument("--max-lag-s", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    quiet_nemo()
+    torch.set_num_threads(args.threads)
+
+    from asr_engine import EngineOptions, ParakeetEngine
+    from model_loader import load_model
+    from settings import Settings
+    from streaming import StreamingConfig
+    from testmodel.heldout import MODEL_PATH, load_heldout, wer
+    from websocket_handler import ServerLimits, ServerThread, StreamServer
+
+    clips = load_heldout()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        model_path = MODEL_PATH
+        if args.full_size:
+            from bench.engine_vs_nemo import build_full_nemo
+
+            model_path = build_full_nemo(Path(tmp))
+        settings = replace(Settings(), model=str(model_path), dtype=args.dtype, ws_host="127.0.0.1", ws_port=0)
+        loaded = load_model(settings)
+        config = StreamingConfig(left_s=args.left_s, chunk_s=args.chunk_s, right_s=args.right_s)
+        engine = ParakeetEngine(loaded, EngineOptions(streaming=config))
+        engine.warmup()
+        offline = {id(c): t.text for c, t in zip(clips, engine.recognizer.transcribe([c.audio for c in clips]))}
+        server = ServerThread(StreamServer(engine, settings, ServerLimits(max_sessions=256,
+                                                                          idle_timeout_s=120))).start()
+        server.grant(None, token="bench", multi_use=True)
+        counts = args.capacity or args.sessions
+        rows = []
+        for n in counts:
+            steps0, secs0 = engine.streams.steps, engine.streams.step_seconds
+            results, used = asyncio.run(run_sessions(server, n, args.seconds, clips, args.seed + n))
+            row = {"sessions": n, **summarize(results, used, offline, wer, args.max_lag_s)}
+            steps = engine.streams.steps - steps0
+            row["engine_steps"] = steps
+            row["ms_per_step"] = round((engine.streams.step_seconds - secs0) / max(1, steps) * 1000, 1)
+            rows.append(row)
+            if not args.json:
+                print(json.dumps(row))
+            if args.capacity and not row["held"]:
+                break
+        engine.close()
+    report = {"machine": machine_info(), "model": "full-size random" if args.full_size else "test model",
+              "dtype": str(loaded.dtype).replace("torch.", ""),
+              "config": asdict(config), "seconds_per_session": args.seconds, "rows": rows,
+              "sessions_held": max([r["sessions"] for r in rows if r["held"]], default=0)}
+    print(json.dumps(report, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
