@@ -372,11 +372,16 @@ class StreamingRecognizer:
     # --- bookkeeping ------------------------------------------------------------------------------------------
     def _plan(self, state: StreamState) -> _Plan:
         start = state.consumed
-        if state.ended:
-            # The tail (what is left after the last chunk, the right context and the flush padding) is decoded in
-            # one pass: a final then costs one forward, not one per chunk (finalize latency).
+        if state.ended and (state.received - state.padding) - start < self.chunk_samples + self.right_samples:
+            # The tail (less than chunk + right context of audio, plus the flush padding) is decoded in one pass:
+            # a final costs one forward, not one per chunk. More audio than that is stepped chunk by chunk first,
+            # exactly as a stream that was stepped as its audio arrived, so the text never depends on timing.
             chunk_end = window_end = state.received
             final = True
+        elif state.ended:
+            chunk_end = start + self.chunk_samples
+            window_end = chunk_end + self.right_samples
+            final = False
         else:
             chunk_end = start + self.chunk_samples
             window_end = chunk_end + self.right_samples

@@ -126,5 +126,5 @@ def test_cancelled_websocket_job_closes_its_session(worker, heldout_clips) -> No
 ])
 def test_bad_websocket_job_input_fails_with_its_reason(worker, job_input, needle) -> None:
     platform, _ = worker
-    out = result(worker, platform.submit(job_input))["output"]
-    assert out["success"] is False and needle in out["error"]
+    res = result(worker, platform.submit(job_input))  # the SDK fails the job: the reason is the job's error
+    assert res["output"]["success"] is False and needle in res["error"]
