@@ -488,9 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = build_report(args.file, window_s=args.window, end=args.end, kind=args.kind)
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - CLI output
+        sys.stderr.write(f"error: {exc}\n")  # the report command's own output, not a log line
         return 2
-    print(json.dumps(asdict(report), indent=2) if args.json else format_report(report))  # noqa: T201 - CLI output
+    sys.stdout.write((json.dumps(asdict(report), indent=2) if args.json else format_report(report)) + "\n")
     return 0
 
 

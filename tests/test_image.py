@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import fcntl
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -165,11 +166,10 @@ def test_dockerfile_installs_the_image_extras_the_venv_test_installs() -> None:
 
 def test_baked_model_lands_where_the_loader_looks(tmp_path: Path) -> None:
     """``--build-arg MODEL_ID``: scripts/bake_model.py's layout is one model_loader resolves for that id."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import bake_model
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location("bake_model", REPO / "scripts" / "bake_model.py")
+    assert spec is not None and spec.loader is not None
+    bake_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bake_model)
     from model_loader import resolve_model_source
 
     def fake_download(*, repo_id: str, revision: str | None, local_dir: str, allow_patterns: list[str]) -> str:
