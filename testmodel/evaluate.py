@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -25,6 +26,16 @@ logger = logging.getLogger("testmodel.evaluate")
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "TEST_MODEL.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+SEEN, UNSEEN, LONG = "seen voices, 1–20 s", "unseen voices, 1–20 s", "60 s concatenations (pauses 0.4–1.5 s)"
+GOAL_WER = {SEEN: 5.0, UNSEEN: 7.0}  # issue 2's goals for the held-out clips
+
+
+def documented_wer(label: str) -> float:
+    """The WER % of the results row ``label`` as ``--write`` last wrote it into docs/TEST_MODEL.md."""
+    found = re.search(rf"^\| {re.escape(label)} \| \d+ \| [\d.]+ \| \d+ \| ([\d.]+) \|", DOC.read_text(), re.M)
+    if not found:
+        raise LookupError(f"docs/TEST_MODEL.md has no '{label}' row: run `python -m testmodel.evaluate --write`")
+    return float(found.group(1))
 
 
 def transcribe_all(recognizer: Recognizer, audio: list, batch_size: int = 8) -> list[str]:
@@ -67,14 +78,14 @@ def main() -> None:
         "| held-out set | files | minutes | words | WER % | sub / del / ins |",
         "|---|---|---|---|---|---|",
     ]
-    for split, label in (("seen", "seen voices, 1–20 s"), ("unseen", "unseen voices, 1–20 s")):
+    for split, label in (("seen", SEEN), ("unseen", UNSEEN)):
         part = [c for c in clips if c.split == split]
         lines.append(row(label, len(part), sum(c.seconds for c in part), score(recognizer, part)))
     for lo, hi in ((0, 5), (5, 10), (10, 21)):
         part = [c for c in clips if lo <= c.seconds < hi]
         lines.append(row(f"all voices, {lo}–{min(hi, 20)} s", len(part), sum(c.seconds for c in part), score(recognizer, part)))
     longs = concatenate(clips, target_s=60.0)
-    lines.append(row("60 s concatenations (pauses 0.4–1.5 s)", len(longs),
+    lines.append(row(LONG, len(longs),
                      sum(c.audio.shape[0] for c in longs) / 16_000, score_long(recognizer, longs)))
     lines.append("")
     lines.append(f"Measured by `python -m testmodel.evaluate --write` in {time.monotonic() - started:.0f} s "

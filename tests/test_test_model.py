@@ -9,17 +9,11 @@ from pathlib import Path
 import pytest
 
 from testmodel import corpus
+from testmodel.evaluate import LONG, documented_wer
 from testmodel.heldout import HELDOUT_DIR, concatenate
 from testmodel.make import plan_corpus
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "TEST_MODEL.md"
-
-
-def documented_long_wer() -> float:
-    """The 60 s offline WER written in docs/TEST_MODEL.md by `python -m testmodel.evaluate --write`."""
-    found = re.search(r"\| 60 s concatenations[^|]*\| \d+ \| [\d.]+ \| \d+ \| ([\d.]+) \|", DOC.read_text())
-    assert found, "docs/TEST_MODEL.md has no 60 s result row: run `python -m testmodel.evaluate --write`"
-    return float(found.group(1))
 
 
 def _transcribe(recognizer, audio, batch_size=8):
@@ -66,7 +60,7 @@ def test_heldout_set_is_really_held_out(heldout_clips) -> None:
 def test_heldout_wer_is_the_documented_one(recognizer, heldout_clips, wer_of, split: str) -> None:
     """The per-split WER in docs/TEST_MODEL.md is what this model measures.
 
-    The issue's goals (seen <= 5 %, unseen <= 7 %) are NOT met yet by the committed model (19.8 % / 37.1 %, see
+    The issue's goals (seen <= 5 %, unseen <= 7 %) are NOT met yet by the committed model (7.5 % / 22.4 %, see
     the docs' Status); when a model meets them, the goals are asserted here again.
     """
     clips = [c for c in heldout_clips if c.split == split]
@@ -83,7 +77,7 @@ def test_sixty_second_offline_reference_matches_docs(recognizer, heldout_clips, 
     longs = concatenate(heldout_clips, target_s=60.0)
     assert all(55 <= c.audio.shape[0] / 16_000 <= 85 for c in longs)
     stats = wer_of(_transcribe(recognizer, [c.audio for c in longs], batch_size=1), [c.text for c in longs])
-    assert stats.wer_percent == pytest.approx(documented_long_wer(), abs=0.5)
+    assert stats.wer_percent == pytest.approx(documented_wer(LONG), abs=0.5)
 
 
 def test_transcription_is_deterministic_and_leaves_eval_mode(recognizer, heldout_clips) -> None:
