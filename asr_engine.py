@@ -69,6 +69,9 @@ class EngineOptions:
     # streaming rounds, so batch jobs cannot starve real-time sessions.
     stream_interleave_audio_s: float = 30.0
     max_stream_batch: int = 32
+    # Seconds one streaming forward may take: more ready streams are split into several forwards, so a client's
+    # finalize waits for at most one of them (0: one forward for all). See engine_streams.
+    stream_step_budget_s: float = 0.05
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
 
@@ -188,7 +191,8 @@ class ParakeetEngine:
         self._closed = threading.Event()
         self._poke_pending = threading.Event()
         self.streamer = StreamingRecognizer(self.recognizer, self.options.streaming)
-        self.streams = StreamManager(self.streamer, self._poke, max_stream_batch=self.options.max_stream_batch)
+        self.streams = StreamManager(self.streamer, self._poke, max_stream_batch=self.options.max_stream_batch,
+                                     step_budget_s=self.options.stream_step_budget_s)
         self.warmup_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="parakeet-engine", daemon=True)
         self._thread.start()

@@ -9,6 +9,11 @@ with ``loop.call_soon_threadsafe``).
 Per service call: drain inboxes → VAD over the new audio (all streams batched) → finals for the streams that hit an
 endpoint or asked for one (one batched flush) → partial steps for every stream with a chunk ready (one batched
 forward per round).
+
+Steps are cut into groups whose forward fits ``step_budget_s`` (from a running estimate of the seconds one window
+costs), and a client's ``finalize``/``stop`` waiting in an inbox ends the round early: a final waits for at most
+one group's forward, not for every stream's step. On a GPU one forward holds every stream well inside the budget;
+on a few CPU cores the budget splits them, which costs little throughput there (CPU cost grows with the batch).
 """
 
 from __future__ import annotations
@@ -89,6 +94,11 @@ class StreamHandle:
             self.last_push = time.monotonic()
         self._manager.poke()
 
+    @property
+    def final_waiting(self) -> bool:
+        """A finalize or stop is queued (read without the lock: a stale answer only delays it by one group)."""
+        return bool(self._finalize_at) or self._stop or self._abort
+
     def finalize(self) -> None:
         """End the current utterance now: its final comes back with reason ``finalize``; the stream goes on."""
         with self._lock:
@@ -129,15 +139,19 @@ class _Live:
     vad: VadStream | None
     utterance: int = 0
     samples_before: int = 0  # samples of the earlier (finished) utterances
+    last_step: float = 0.0  # monotonic time of its last step: the longest-waiting streams step first
 
 
 class StreamManager:
     """Owned by the engine: registry of live streams and the per-iteration streaming work."""
 
-    def __init__(self, streamer: StreamingRecognizer, poke: Callable[[], None], max_stream_batch: int = 32) -> None:
+    def __init__(self, streamer: StreamingRecognizer, poke: Callable[[], None], max_stream_batch: int = 32,
+                 step_budget_s: float = 0.05) -> None:
         self.streamer = streamer
         self.poke = poke
         self.max_stream_batch = max_stream_batch
+        self.step_budget_s = step_budget_s  # 0: no budget, every ready stream (up to max_stream_batch) in one forward
+        self._window_cost_s: float | None = None  # running estimate: seconds of forward per stream window
         self.max_backlog_samples = streamer.max_backlog_samples
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
@@ -231,12 +245,28 @@ class StreamManager:
                 ready = [lv for lv in self._live.values() if not lv.state.ended and self.streamer.ready(lv.state)]
             if not ready:
                 break
-            for start in range(0, len(ready), self.max_stream_batch):
-                self._step(ready[start : start + self.max_stream_batch])
+            ready.sort(key=lambda lv: lv.last_step)  # a round cut short by a final resumes with who was skipped
+            size = self.group_size()
+            for start in range(0, len(ready), size):
+                self._step(ready[start : start + size])
+                if start + size < len(ready) and self._final_waiting():
+                    return True  # serve the final first; the remaining streams step on the next call
+            if self._final_waiting():
+                return True
         else:
             with self._lock:
                 more = any(self.streamer.ready(lv.state) for lv in self._live.values() if not lv.state.ended)
         return more
+
+    def group_size(self) -> int:
+        """Streams per forward: as many as fit the step budget by the running cost estimate."""
+        if self.step_budget_s <= 0 or self._window_cost_s is None:
+            return self.max_stream_batch
+        return max(1, min(self.max_stream_batch, int(self.step_budget_s / self._window_cost_s)))
+
+    def _final_waiting(self) -> bool:
+        with self._lock:
+            return any(lv.handle.final_waiting for lv in self._live.values())
 
     def close_all(self) -> None:
         with self._lock:
@@ -254,8 +284,14 @@ class StreamManager:
                 self._emit(live, StreamEvent(live.handle.stream_id, "error", live.utterance, error=exc))
                 self._close(live, "error")
             return
+        finished = time.monotonic()
+        elapsed = finished - started
+        for live in group:
+            live.last_step = finished
         self.steps += 1
-        self.step_seconds += time.monotonic() - started
+        self.step_seconds += elapsed
+        cost = elapsed / len(group)
+        self._window_cost_s = cost if self._window_cost_s is None else 0.8 * self._window_cost_s + 0.2 * cost
         for live, result in zip(group, results):
             self._emit(live, StreamEvent(live.handle.stream_id, "partial", live.utterance,
                                          result=self._absolute(live, result)))

@@ -57,6 +57,7 @@ class Settings:
     stream_left_s: float = 4.0  # PARAKEET_STREAM_LEFT_S: encoder context before each chunk
     stream_chunk_s: float = 0.96  # PARAKEET_STREAM_CHUNK_S: audio committed per streaming step (80 ms multiple)
     stream_right_s: float = 0.96  # PARAKEET_STREAM_RIGHT_S: lookahead after each chunk (80 ms multiple)
+    stream_step_budget_ms: float = 50.0  # PARAKEET_STREAM_STEP_BUDGET_MS: longest streaming forward; 0 = no split
     runpod_public_ip: str = ""  # RUNPOD_PUBLIC_IP: set by RunPod when a TCP port is exposed
     runpod_tcp_port: int = 0  # RUNPOD_TCP_PORT_<ws_port>: the public port RunPod maps to ws_port
     # Observability
@@ -76,6 +77,7 @@ class Settings:
             default_chunk_s=self.chunk_s, default_overlap_s=self.chunk_overlap_s,
             streaming=StreamingConfig(left_s=self.stream_left_s, chunk_s=self.stream_chunk_s,
                                       right_s=self.stream_right_s),
+            stream_step_budget_s=self.stream_step_budget_ms / 1000,
         )
 
     def audio_limits(self) -> AudioLimits:
@@ -111,7 +113,8 @@ class Settings:
         for name in ("max_batch", "concurrency", "max_download_bytes", "ws_max_sessions"):
             if getattr(settings, name) < 1:
                 raise InputError(f"{_ENV_NAMES[name]} must be at least 1")
-        for name in ("batch_wait_ms", "chunk_overlap_s", "full_attention_max_s", "cpu_threads"):
+        for name in ("batch_wait_ms", "chunk_overlap_s", "full_attention_max_s", "cpu_threads",
+                     "stream_step_budget_ms"):
             if getattr(settings, name) < 0:
                 raise InputError(f"{_ENV_NAMES[name]} must not be negative")
         for name in ("chunk_s", "max_audio_s", "download_timeout_s", "ws_idle_timeout_s", "ws_max_session_s"):
@@ -148,6 +151,7 @@ _ENV_NAMES = {
     "stream_left_s": "PARAKEET_STREAM_LEFT_S",
     "stream_chunk_s": "PARAKEET_STREAM_CHUNK_S",
     "stream_right_s": "PARAKEET_STREAM_RIGHT_S",
+    "stream_step_budget_ms": "PARAKEET_STREAM_STEP_BUDGET_MS",
     "runpod_public_ip": "RUNPOD_PUBLIC_IP",
     "log_format": "PARAKEET_LOG_FORMAT",
     "metrics_file": "PARAKEET_METRICS_FILE",

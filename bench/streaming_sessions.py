@@ -14,7 +14,8 @@ latency is measured alone.
 
 Reported per run: first-partial time (from the first frame sent), finalize → final latency, partial lag (arrival
 time minus the wall time at which the audio the partial covers was sent), backlog errors, and the WER of the
-session's finals against the offline transcript of the same clips and against the reference text. A run "holds"
+session's finals against the offline transcripts of the same utterance audio (each cut where its finalize
+applied, as the server received it) and against the reference text. A run "holds"
 when its p95 partial lag stays under ``--max-lag-s`` and no audio was refused.
 """
 
@@ -41,6 +42,26 @@ RATE = 16_000
 FRAME_S = 0.02
 GAP_S = 1.2
 CLIENT_VAD_WAIT_S = 0.2
+GAP_NOISE_DBFS = -60.0
+
+
+def pcm16(audio: np.ndarray) -> np.ndarray:
+    """What the server decodes from the client's PCM16 frames (as sent below)."""
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").astype(np.float32) / 32768.0
+
+
+def utterance_segments(audio: np.ndarray, speech_ends: list[float]) -> list[np.ndarray]:
+    """The audio of each utterance exactly as the server cuts it: a finalize applies at the position of the
+    audio sent before it, i.e. after the first 20 ms frame that reaches speech end + the client's VAD wait."""
+    step = int(FRAME_S * RATE)
+    cuts = []
+    for end in speech_ends:
+        target = (end + CLIENT_VAD_WAIT_S) * RATE
+        sent = -(-int(np.ceil(target - 1e-6)) // step) * step  # first frame boundary at or after the target
+        if sent <= len(audio):
+            cuts.append(sent)
+    bounds = [0, *cuts, len(audio)]
+    return [audio[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 @dataclass
@@ -60,11 +81,14 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def session_audio(clips: list[Any], seconds: float, rng: random.Random) -> tuple[np.ndarray, list[float], list[Any]]:
-    """Clips separated by silence up to ``seconds``; returns audio, end-of-speech times, the clips used."""
+    """Clips separated by pauses up to ``seconds``; returns audio, end-of-speech times, the clips used.
+
+    Pauses carry a microphone-like noise floor (as the clips' own silences do), not digital zeros."""
     parts, ends, used, t = [], [], [], 0.0
-    gap = np.zeros(int(GAP_S * RATE), np.float32)
+    noise = np.random.default_rng(rng.randrange(1 << 30))
     while t < seconds:
         clip = rng.choice(clips)
+        gap = (noise.standard_normal(int(GAP_S * RATE)) * 10 ** (GAP_NOISE_DBFS / 20)).astype(np.float32)
         parts += [clip.audio, gap]
         t += len(clip.audio) / RATE
         ends.append(t)
@@ -107,7 +131,7 @@ async def run_client(url: str, audio: np.ndarray, speech_ends: list[float], dela
         for k, start in enumerate(range(0, len(audio), step)):
             due = t0 + k * FRAME_S
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            await ws.send((np.clip(audio[start : start + step], -1, 1) * 32767).astype("<i2").tobytes())
+            await ws.send((np.clip(audio[start : start + step], -1, 1) * 32767).astype("<i2").tobytes())  # = pcm16()
             sent_s = (start + step) / RATE
             if pending_ends and sent_s >= pending_ends[0] + CLIENT_VAD_WAIT_S:
                 pending_ends.pop(0)
@@ -124,17 +148,18 @@ async def run_sessions(server: Any, sessions: int, seconds: float, clips: list[A
     url = f"ws://127.0.0.1:{server.port}/?token=bench"
     plans = [session_audio(clips, seconds, rng) for _ in range(sessions)]
     results = await asyncio.gather(*(run_client(url, a, e, rng.uniform(0, 1.0)) for a, e, _ in plans))
-    return list(results), [used for _, _, used in plans]
+    return list(results), [(used, utterance_segments(a, e)) for a, e, used in plans]
 
 
-def summarize(results: list[ClientResult], used: list[list[Any]], offline: dict[int, str], wer_fn: Any,
+def summarize(results: list[ClientResult], used: list[list[Any]], offline: list[str], wer_fn: Any,
               max_lag_s: float) -> dict[str, Any]:
+    """``offline``: per session, the offline transcripts of the same utterance audio the session streamed."""
     lags = [x for r in results for x in r.lags_s]
     fin = [x for r in results for x in r.finalize_latency_s]
     firsts = [r.first_partial_s for r in results if r.first_partial_s is not None]
     errors = [e for r in results for e in r.errors]
     hyp = [" ".join(r.finals) for r in results]
-    off = [" ".join(offline[id(c)] for c in u) for u in used]
+    off = offline
     ref = [" ".join(c.text for c in u) for u in used]
     p95 = pct(lags, 0.95)
     return {
@@ -163,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--left-s", type=float, default=4.0)
     parser.add_argument("--chunk-s", type=float, default=0.96)
     parser.add_argument("--right-s", type=float, default=0.96)
+    parser.add_argument("--step-budget-ms", type=float, default=None,
+                        help="longest streaming forward (0: every session in one forward; default: the engine's)")
     parser.add_argument("--max-lag-s", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
@@ -189,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(Settings(), model=str(model_path), dtype=args.dtype, ws_host="127.0.0.1", ws_port=0)
         loaded = load_model(settings)
         config = StreamingConfig(left_s=args.left_s, chunk_s=args.chunk_s, right_s=args.right_s)
-        engine = ParakeetEngine(loaded, EngineOptions(streaming=config))
+        if args.step_budget_ms is None:
+            args.step_budget_ms = EngineOptions().stream_step_budget_s * 1000
+        engine = ParakeetEngine(loaded, EngineOptions(streaming=config,
+                                                      stream_step_budget_s=args.step_budget_ms / 1000))
         engine.warmup()
-        offline = {id(c): t.text for c, t in zip(clips, engine.recognizer.transcribe([c.audio for c in clips]))}
         server = ServerThread(StreamServer(engine, settings, ServerLimits(max_sessions=256,
                                                                           idle_timeout_s=120))).start()
         server.grant(None, token="bench", multi_use=True)
@@ -199,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for n in counts:
             steps0, secs0 = engine.streams.steps, engine.streams.step_seconds
-            results, used = asyncio.run(run_sessions(server, n, args.seconds, clips, args.seed + n))
+            results, plans = asyncio.run(run_sessions(server, n, args.seconds, clips, args.seed + n))
+            used = [u for u, _ in plans]
+            offline = [" ".join(t.text for t in engine.recognizer.transcribe(
+                [pcm16(seg) for seg in segs]) if t.text)
+                for _, segs in plans]
             row = {"sessions": n, **summarize(results, used, offline, wer, args.max_lag_s)}
             steps = engine.streams.steps - steps0
             row["engine_steps"] = steps
@@ -212,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.close()
     report = {"machine": machine_info(), "model": "full-size random" if args.full_size else "test model",
               "dtype": str(loaded.dtype).replace("torch.", ""),
-              "config": asdict(config), "seconds_per_session": args.seconds, "rows": rows,
+              "config": asdict(config), "step_budget_ms": args.step_budget_ms, "seconds_per_session": args.seconds, "rows": rows,
               "sessions_held": max([r["sessions"] for r in rows if r["held"]], default=0)}
     print(json.dumps(report, indent=None if args.json else 2))
     return 0

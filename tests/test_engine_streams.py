@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from asr_engine import EngineOptions, ParakeetEngine, TranscribeOptions
-from engine_streams import StreamEvent, StreamOptions
+from engine_streams import StreamEvent, StreamManager, StreamOptions
 from errors import EngineClosedError
 from streaming import StreamingRecognizer
+from tests.streams import streamed_alone
 
 NO_VAD = StreamOptions(endpointing=False)
 
@@ -40,16 +41,7 @@ def until(events: queue.Queue[StreamEvent], kind: str, timeout: float = 60.0) ->
             return seen
 
 
-def alone(engine: ParakeetEngine, audio: np.ndarray) -> str:
-    streamer = StreamingRecognizer(engine.recognizer, engine.streamer.config)
-    state = streamer.new_stream()
-    streamer.accept(state, audio)
-    while streamer.ready(state):
-        streamer.step([state])
-    return streamer.finalize([state])[0].committed_text
-
-
-def test_engine_stream_equals_the_streaming_recognizer_alone(engine, heldout_clips) -> None:
+def test_engine_stream_equals_the_streaming_recognizer_streamed_alone(engine, heldout_clips) -> None:
     audio = heldout_clips[0].audio
     events, put = collect()
     handle = engine.open_stream(put, NO_VAD)
@@ -59,7 +51,7 @@ def test_engine_stream_equals_the_streaming_recognizer_alone(engine, heldout_cli
     seen = until(events, "closed")
     finals = [e for e in seen if e.kind == "final"]
     assert len(finals) == 1 and finals[0].reason == "stop"
-    assert finals[0].result.committed_text == alone(engine, audio)
+    assert finals[0].result.committed_text == streamed_alone(engine, audio)
     assert seen[-1].reason == "stop" and engine.streams.active == 0
 
 
@@ -88,7 +80,7 @@ def test_finalize_on_an_empty_stream_answers_and_the_stream_goes_on(engine, held
     handle.push(heldout_clips[3].audio)
     handle.finalize()
     second = until(events, "final")[-1]
-    assert second.utterance == 1 and second.result.committed_text == alone(engine, heldout_clips[3].audio)
+    assert second.utterance == 1 and second.result.committed_text == streamed_alone(engine, heldout_clips[3].audio)
     handle.abort()
     until(events, "closed")
 
@@ -124,5 +116,55 @@ def test_finalizes_apply_where_they_were_asked_in_the_audio(engine, heldout_clip
     seen = until(events, "closed")
     finals = [e for e in seen if e.kind == "final"]
     assert [f.reason for f in finals] == ["finalize", "finalize"]
-    assert [f.result.committed_text for f in finals] == [alone(engine, first), alone(engine, second)]
+    assert [f.result.committed_text for f in finals] == [streamed_alone(engine, first), streamed_alone(engine, second)]
     assert [f.utterance for f in finals] == [0, 1]
+
+
+def _measured_manager(engine, heldout_clips, step_budget_s: float) -> StreamManager:
+    """A manager on its own streaming recognizer (service() called by the test) that has timed one step."""
+    manager = StreamManager(StreamingRecognizer(engine.recognizer, engine.streamer.config), poke=lambda: None,
+                            max_stream_batch=8, step_budget_s=step_budget_s)
+    assert manager.group_size() == 8  # no cost measured yet: one forward for all
+    warm = manager.open(lambda e: None, NO_VAD)
+    warm.push(heldout_clips[0].audio[: 16000 * 3])
+    manager.service()
+    warm.abort()
+    manager.service()
+    return manager
+
+
+def test_a_finalize_waits_for_one_forward_not_for_every_stream(engine, heldout_clips) -> None:
+    """With the step budget splitting streams into forwards of one, a finalize asked during a round is served
+    right after the forward in flight, before the other streams' steps; no text changes."""
+    manager = _measured_manager(engine, heldout_clips, step_budget_s=1e-9)
+    assert manager.group_size() == 1  # the measured cost of a window exceeds the budget
+    order: list[tuple[str, str]] = []
+    finals: dict[str, list[str]] = {}
+    handles = {}
+
+    def on_event(event: StreamEvent) -> None:
+        order.append((event.stream_id, event.kind))
+        if event.kind == "final":
+            finals.setdefault(event.stream_id, []).append(event.result.committed_text)
+        if (event.stream_id, event.kind) == ("a", "partial") and len(order) == 1:
+            handles["d"].finalize()  # arrives while b, c and d still have a step ready
+
+    long_enough = [c.audio[: int(16000 * 2.5)] for c in heldout_clips if c.audio.shape[0] >= 16000 * 2.5]
+    clips = dict(zip("abcd", long_enough))  # each holds one step (chunk + right context = 1.92 s) and a tail
+    for sid in "abcd":
+        handles[sid] = manager.open(on_event, NO_VAD, stream_id=sid)
+        handles[sid].push(clips[sid])
+    assert manager.service() is True, "the round should stop early to serve the final"
+    assert order == [("a", "partial")]
+    manager.service()
+    assert order[1:4] == [("d", "final"), ("b", "partial"), ("c", "partial")], order
+    for handle in handles.values():
+        handle.stop()
+    while manager.active:
+        manager.service()
+    assert {sid: texts[0] for sid, texts in finals.items()} == {sid: streamed_alone(engine, clips[sid]) for sid in "abcd"}
+
+
+def test_without_a_step_budget_every_ready_stream_shares_one_forward(engine, heldout_clips) -> None:
+    manager = _measured_manager(engine, heldout_clips, step_budget_s=0.0)
+    assert manager.group_size() == 8
