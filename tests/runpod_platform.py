@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -648,3 +649,56 @@ def run_worker(
             log.info("worker %d exited with code 0", process.pid)
         else:
             log.warning("worker %d exited with code %s; log tail:\n%s", process.pid, code, worker.log_tail())
+
+
+WORKER_START_TIMEOUT_S = 420.0  # NeMo import + model load + warm-up of the real worker on a busy 2-core machine
+
+
+@contextlib.contextmanager
+def started_worker(
+    script: str | Path, extra_env: Mapping[str, str], *, log_dir: Path,
+    start_timeout_s: float = WORKER_START_TIMEOUT_S,
+) -> Iterator[tuple[FakeRunpodPlatform, WorkerProcess]]:
+    """A platform and a worker that has taken its first poll; on exit, the platform must have seen no protocol
+    error. A worker that does not start fails with its log."""
+    with FakeRunpodPlatform() as platform, run_worker(script, platform, extra_env, log_dir=log_dir) as proc:
+        try:
+            platform.wait_for_worker(start_timeout_s)
+        except TimeoutError as err:
+            raise AssertionError(f"{err}\n--- worker log ---\n{proc.log_tail()}") from err
+        yield platform, proc
+        assert not platform.protocol_errors(), platform.protocol_errors()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_api_server(
+    extra_env: Mapping[str, str], log_path: Path, start_timeout_s: float = WORKER_START_TIMEOUT_S,
+) -> Iterator[str]:
+    """``rp_handler.py --rp_serve_api`` (the SDK's local /run, /runsync, /status) on a free port; yields its URL.
+
+    No platform here: inherited ``RUNPOD_*`` variables are dropped."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")} | dict(extra_env)
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-u", "rp_handler.py", "--rp_serve_api", "--rp_api_host",
+                                 "127.0.0.1", "--rp_api_port", str(port)], cwd=REPO_ROOT, env=env, stdout=log_file,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

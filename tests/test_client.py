@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import pty
-import socket
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ from asr_engine import EngineOptions, ParakeetEngine
 from client import build_ws_url, describe_status, find_ready, job_error, main, parse_ready
 from settings import Settings
 from testmodel.heldout import HELDOUT_DIR, MODEL_PATH
-from tests.runpod_platform import FakeRunpodPlatform, JobState, run_worker
+from tests.runpod_platform import FakeRunpodPlatform, JobState, free_port, local_api_server, started_worker
 from websocket_handler import ServerLimits, ServerThread, StreamServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +42,6 @@ API_KEY = "client-test-api-key"
 CLIP = HELDOUT_DIR / "seen-00000.flac"  # 12.1 s
 SHORT_CLIP = HELDOUT_DIR / "seen-00003.flac"  # 1.7 s
 MID_CLIP = HELDOUT_DIR / "seen-00002.flac"  # 6.8 s
-START_TIMEOUT_S = 420.0  # NeMo import + model load + warm-up on a busy 2-core machine (took ~300 s under load)
 RUN_TIMEOUT_S = 120.0
 WORKER_ENV = {"PARAKEET_MODEL": str(MODEL_PATH), "PARAKEET_ALLOW_PRIVATE_URLS": "1", "PARAKEET_CONCURRENCY": "3",
               "PARAKEET_CPU_THREADS": "1", "PARAKEET_WS_HOST": "127.0.0.1", "PARAKEET_WS_PORT": "0"}
@@ -63,12 +61,6 @@ def client(*args: str | Path, env: dict[str, str] | None = None, timeout: float 
     done = subprocess.run([*CLIENT, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
     return Run(done.returncode, done.stdout, done.stderr)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def b64(path: Path) -> str:
@@ -92,26 +84,8 @@ def ws_url(loaded_test_model) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def local_api(tmp_path_factory) -> Iterator[str]:
     """``rp_handler.py --rp_serve_api`` (the SDK's local /run, /runsync, /status) on a free port."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")} | WORKER_ENV
-    log_path = tmp_path_factory.mktemp("api") / "api.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-u", "rp_handler.py", "--rp_serve_api", "--rp_api_host",
-                                 "127.0.0.1", "--rp_api_port", str(port)], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with local_api_server(WORKER_ENV, tmp_path_factory.mktemp("api") / "api.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -200,18 +174,12 @@ class PublicApi:
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory) -> Iterator[tuple[PublicApi, dict[str, str]]]:
     """The real worker (with its WebSocket server) behind RunPod's job API; yields the API and the client's env."""
-    with FakeRunpodPlatform() as platform, run_worker("rp_handler.py", platform, WORKER_ENV,
-                                                      log_dir=tmp_path_factory.mktemp("log")) as proc:
-        try:
-            platform.wait_for_worker(START_TIMEOUT_S)
-        except TimeoutError as err:
-            raise AssertionError(f"{err}\n--- worker log ---\n{proc.log_tail()}") from err
+    with started_worker("rp_handler.py", WORKER_ENV, log_dir=tmp_path_factory.mktemp("log")) as (platform, _):
         api = PublicApi(platform, API_KEY)
         try:
             yield api, {"RUNPOD_API_KEY": API_KEY, "RUNPOD_API_BASE": api.base}
         finally:
             api.close()
-        assert not platform.protocol_errors(), platform.protocol_errors()
 
 
 # --- stream ----------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 
 from asr_engine import EngineOptions, ParakeetEngine, TranscribeOptions
 from errors import AudioTooLongError, EmptyAudioError, EngineClosedError, InputError
+from testmodel.evaluate import LONG, documented_wer
 from testmodel.heldout import build_long_audio
 
 
@@ -128,12 +129,15 @@ def ten_minutes(heldout_clips):
 
 
 @pytest.mark.parametrize("mode", ["full", "local", "chunked"])
-def test_ten_minute_file_in_each_long_audio_mode(engine, ten_minutes, mode) -> None:
-    """Each long-audio mode completes on 10 minutes with consistent word timings.
+def test_ten_minute_file_in_each_long_audio_mode(engine, ten_minutes, wer_of, mode, record_property) -> None:
+    """The long-audio modes (local attention, chunking) transcribe 10 minutes of held-out clips within 2 WER
+    points of the offline reference (the 60 s concatenations of the same clips in one pass, docs/TEST_MODEL.md),
+    with consistent word timings; in chunked mode nothing is dropped or repeated at the 30+ seams beyond that.
 
-    The accuracy comparison against the offline reference needs a test model that meets its WER goal (the
-    committed interim model does not, see docs/TEST_MODEL.md); until then this checks structure only.
-    """
+    Full attention over 10 minutes completes too, but its accuracy is not compared: the test model was trained on
+    utterances of at most 20 s and degrades when one attention span covers minutes (measured: 35.7 % against
+    31.3 % at 60 s), which says nothing about the service (the real model is trained for 24 minutes of full
+    attention); that is why the service switches to local attention above its full-attention limit."""
     options = {
         "full": TranscribeOptions(attention="full", timestamps=True),
         "local": TranscribeOptions(attention="local", timestamps=True),
@@ -142,6 +146,10 @@ def test_ten_minute_file_in_each_long_audio_mode(engine, ten_minutes, mode) -> N
     progress: list[dict] = []
     result = engine.submit(ten_minutes.audio, options, progress=progress.append).result()
     assert result.duration_s >= 600
+    stats = wer_of([result.text], [ten_minutes.text])
+    record_property("wer_percent", round(stats.wer_percent, 2))
+    if mode != "full":
+        assert stats.wer_percent <= documented_wer(LONG) + 2.0, f"{mode}: {stats}"
     assert result.words and " ".join(w.word for w in result.words) == result.text
     starts = [w.start for w in result.words]
     assert starts == sorted(starts) and starts[-1] <= result.duration_s

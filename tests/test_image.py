@@ -5,9 +5,10 @@
 - ``.runpod/hub.json`` and ``.runpod/tests.json`` are valid: every env input is a real setting with its real
   default, every setting a user may change is offered, and every test job is a valid job input;
 - ``.dockerignore`` keeps every module the worker imports;
-- opt-in (``PARAKEET_IMAGE_TEST=1``; the first build takes tens of minutes): what the image runs works — a fresh
-  virtualenv built from requirements.txt the way the Dockerfile builds it, started with the image's command on
-  exactly the files the build context holds, serves a job.
+- what the image runs works — a fresh virtualenv built from requirements.txt the way the Dockerfile builds it,
+  started with the image's command on exactly the files the build context holds, serves a job. The venv is built
+  once per requirements (3.7 min here from the local package mirror, on a busy 2-core machine) and cached in
+  ~/.cache/parakeet-image-venv; ``PARAKEET_IMAGE_TEST=0`` skips it for a quick local run.
 """
 
 from __future__ import annotations
@@ -447,9 +448,8 @@ def image_venv() -> Iterator[Path]:
     yield target
 
 
-@pytest.mark.skipif(os.environ.get(IMAGE_TEST_ENV) != "1",
-                    reason=f"slow: builds a fresh venv from requirements.txt once (34 min on a busy 2-core machine; "
-                           f"cached in ~/.cache/parakeet-image-venv after) and starts the worker: set {IMAGE_TEST_ENV}=1")
+@pytest.mark.skipif(os.environ.get(IMAGE_TEST_ENV) == "0",
+                    reason=f"{IMAGE_TEST_ENV}=0: the fresh-venv image check is switched off for this run")
 def test_what_the_image_runs_serves_a_job(image_venv: Path, tmp_path: Path) -> None:
     """The image's command, on the build context's files, in a venv made only from requirements.txt."""
     app = tmp_path / "app"

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from bench.streaming_accuracy import stream_staggered
 from errors import EngineOverloadedError
 from inference import SAMPLE_RATE_HZ
 from streaming import (
-    StepResult,
     StreamBacklogError,
     StreamingConfig,
     StreamingRecognizer,
-    StreamState,
     Token,
     stream_whole,
 )
@@ -45,38 +44,6 @@ def _spread(clips, count: int):
 def _trim_trailing_silence(audio: np.ndarray, threshold: float = 0.02) -> np.ndarray:
     loud = np.flatnonzero(np.abs(audio) > threshold * float(np.abs(audio).max()))
     return audio[: int(loud[-1]) + 1]
-
-
-def _stream_staggered(streamer: StreamingRecognizer, audios: list[np.ndarray], starts_s: list[float],
-                      step_every_s: float = 0.96) -> tuple[list[StepResult], list[int]]:
-    """Live streams starting at different times, fed in 20 ms frames; every ``step_every_s`` (the engine's
-    cadence: one chunk period, so every live stream has a chunk ready each time), one batched step over all ready
-    streams. Returns the final results and the batch sizes."""
-    piece = int(TICK_S * SAMPLE_RATE_HZ)
-    ticks_per_step = max(1, round(step_every_s / TICK_S))
-    states: list[StreamState] = [streamer.new_stream(f"s{i}") for i in range(len(audios))]
-    sent = [0] * len(audios)
-    finals: dict[int, StepResult] = {}
-    batches: list[int] = []
-    tick = 0
-    while len(finals) < len(audios):
-        now = tick * TICK_S
-        for i, (audio, state) in enumerate(zip(audios, states)):
-            if now + 1e-9 < starts_s[i] or state.ended:
-                continue
-            if sent[i] < audio.shape[0]:
-                streamer.accept(state, audio[sent[i] : sent[i] + piece])
-                sent[i] += piece
-            else:
-                streamer.end(state)
-        batch = [s for s in states if streamer.ready(s)] if tick % ticks_per_step == 0 else []
-        if batch:
-            batches.append(len(batch))
-            for state, result in zip(batch, streamer.step(batch)):
-                if result.final:
-                    finals[states.index(state)] = result
-        tick += 1
-    return [finals[i] for i in range(len(audios))], batches
 
 
 # --- configuration ------------------------------------------------------------------------------------------------
@@ -155,7 +122,7 @@ def test_streamed_wer_is_within_one_point_of_offline(streamer, recognizer, heldo
     refs = [c.text for c in clips]
     offline = [t.text for t in recognizer.transcribe([c.audio for c in clips])]
     starts = [0.37 * i for i in range(len(clips))]  # staggered, so chunk boundaries never line up
-    results, batches = _stream_staggered(streamer, [c.audio for c in clips], starts)
+    results, batches = stream_staggered(streamer, [c.audio for c in clips], starts)
     streamed = [r.committed_text for r in results]
     off, st = wer_of(offline, refs), wer_of(streamed, refs)
     summary = (f"offline WER {off.wer_percent:.2f} %, streamed WER {st.wer_percent:.2f} % "
@@ -172,7 +139,7 @@ def test_streamed_wer_is_within_one_point_of_offline(streamer, recognizer, heldo
 def test_staggered_streams_batched_together_equal_each_alone(streamer, heldout_clips) -> None:
     clips = _spread(heldout_clips, 5)
     alone = [stream_whole(streamer, c.audio) for c in clips]
-    together, batches = _stream_staggered(streamer, [c.audio for c in clips], [0.0, 0.13, 0.5, 1.01, 2.3])
+    together, batches = stream_staggered(streamer, [c.audio for c in clips], [0.0, 0.13, 0.5, 1.01, 2.3])
     assert max(batches) >= 3, "the streams were never batched together"
     assert [r.committed_text for r in together] == [r.committed_text for r in alone]
 

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from asr_engine import EngineOptions, ParakeetEngine
 from settings import Settings
-from streaming import StreamingRecognizer
+from tests.streams import streamed_alone
 from websocket_handler import ServerLimits, StreamServer
 
 TOKEN = "test-token"
@@ -90,15 +90,6 @@ async def run_to_stop(ws: ClientConnection) -> tuple[list[dict], dict]:
         if msg["type"] == "stopped":
             return messages, msg
         messages.append(msg)
-
-
-def streamed_alone(engine: ParakeetEngine, audio: np.ndarray) -> str:
-    streamer = StreamingRecognizer(engine.recognizer, engine.streamer.config)
-    state = streamer.new_stream()
-    streamer.accept(state, audio)
-    while streamer.ready(state):
-        streamer.step([state])
-    return streamer.finalize([state])[0].committed_text
 
 
 # --- the seed workers' client flow ----------------------------------------------------------------------------------

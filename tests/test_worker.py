@@ -7,11 +7,9 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from functools import partial
@@ -22,10 +20,15 @@ import pytest
 import soundfile as sf
 
 from testmodel.heldout import MODEL_PATH, build_long_audio
-from tests.runpod_platform import FakeRunpodPlatform, JobState, WorkerProcess, run_worker
+from tests.runpod_platform import (
+    FakeRunpodPlatform,
+    JobState,
+    WorkerProcess,
+    local_api_server,
+    started_worker,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 120.0  # NeMo import + model load + warm-up on a busy 2-core machine
 JOB_TIMEOUT_S = 60.0
 WORKER_ENV = {"PARAKEET_MODEL": str(MODEL_PATH), "PARAKEET_ALLOW_PRIVATE_URLS": "1", "PARAKEET_CONCURRENCY": "3",
               "PARAKEET_CPU_THREADS": "2", "PARAKEET_WS_PORT": "0"}
@@ -51,14 +54,8 @@ def files(tmp_path_factory, heldout_clips) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory) -> Iterator[tuple[FakeRunpodPlatform, WorkerProcess]]:
-    with FakeRunpodPlatform() as platform, run_worker("rp_handler.py", platform, WORKER_ENV,
-                                                      log_dir=tmp_path_factory.mktemp("log")) as proc:
-        try:
-            platform.wait_for_worker(START_TIMEOUT_S)
-        except TimeoutError as err:
-            raise AssertionError(f"{err}\n--- worker log ---\n{proc.log_tail()}") from err
-        yield platform, proc
-        assert not platform.protocol_errors(), platform.protocol_errors()
+    with started_worker("rp_handler.py", WORKER_ENV, log_dir=tmp_path_factory.mktemp("log")) as running:
+        yield running
 
 
 def result(worker, job_id: str, timeout: float = JOB_TIMEOUT_S) -> dict:
@@ -118,12 +115,6 @@ def test_unloadable_model_exits_with_instructions(tmp_path) -> None:
     assert "does not exist" in done.stderr and "tests/assets/parakeet-tdt-test.nemo" in done.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, payload: dict, timeout: float = JOB_TIMEOUT_S) -> dict:
     request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -136,32 +127,15 @@ def _get(url: str) -> dict:
 
 
 def test_local_api_server_run_status_and_runsync(tmp_path, heldout_clips, recognizer) -> None:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")} | WORKER_ENV
-    log = (tmp_path / "api.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-u", "rp_handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
-                             "--rp_api_port", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "api.log").read_text()[-3000:]
-                time.sleep(0.5)
+    with local_api_server(WORKER_ENV, tmp_path / "api.log") as api:
         clip = heldout_clips[4]
-        sync = _post(f"http://127.0.0.1:{port}/runsync", {"input": {"audio_base64": flac_b64(clip.audio)}})
+        sync = _post(f"{api}/runsync", {"input": {"audio_base64": flac_b64(clip.audio)}})
         assert sync["status"] == "COMPLETED" and sync["output"]["text"] == recognizer.transcribe([clip.audio])[0].text
-        job = _post(f"http://127.0.0.1:{port}/run", {"input": {"audio_base64": flac_b64(clip.audio)}})
-        status = _post(f"http://127.0.0.1:{port}/status/{job['id']}", {})
+        job = _post(f"{api}/run", {"input": {"audio_base64": flac_b64(clip.audio)}})
+        status = _post(f"{api}/status/{job['id']}", {})
         assert status["status"] == "COMPLETED" and status["output"]["text"] == sync["output"]["text"]
-        failed = _post(f"http://127.0.0.1:{port}/runsync", {"input": {"output_format": "pdf", "audio": "https://x.test/a"}})
+        failed = _post(f"{api}/runsync", {"input": {"output_format": "pdf", "audio": "https://x.test/a"}})
         assert failed["status"] == "FAILED" and "output_format" in failed["error"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_test_input_flag_and_test_input_json(tmp_path, heldout_clips) -> None:

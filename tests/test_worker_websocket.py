@@ -13,22 +13,16 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.runpod_platform import FakeRunpodPlatform, JobState, WorkerProcess, run_worker
-from tests.test_worker import JOB_TIMEOUT_S, START_TIMEOUT_S, WORKER_ENV, flac_b64, result
+from tests.runpod_platform import FakeRunpodPlatform, JobState, WorkerProcess, started_worker
+from tests.test_worker import JOB_TIMEOUT_S, WORKER_ENV, flac_b64, result
 
 ENV = {**WORKER_ENV, "PARAKEET_WS_HOST": "127.0.0.1", "PARAKEET_WS_PORT": "0"}
 
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory) -> Iterator[tuple[FakeRunpodPlatform, WorkerProcess]]:
-    with FakeRunpodPlatform() as platform, run_worker("rp_handler.py", platform, ENV,
-                                                      log_dir=tmp_path_factory.mktemp("log")) as proc:
-        try:
-            platform.wait_for_worker(START_TIMEOUT_S)
-        except TimeoutError as err:
-            raise AssertionError(f"{err}\n--- worker log ---\n{proc.log_tail()}") from err
-        yield platform, proc
-        assert not platform.protocol_errors(), platform.protocol_errors()
+    with started_worker("rp_handler.py", ENV, log_dir=tmp_path_factory.mktemp("log")) as running:
+        yield running
 
 
 def ready_of(platform: FakeRunpodPlatform, job_id: str) -> dict:
