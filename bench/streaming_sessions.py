@@ -1,6 +1,6 @@
 """Live WebSocket sessions against the real server: latency, lag, capacity, streamed-vs-offline accuracy.
 
-    .venv/bin/python -m bench.streaming_sessions --sessions 8                   # test model, 8 real-time clients
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m bench.streaming_sessions --sessions 8   # as scripts/serve.sh runs
     .venv/bin/python -m bench.streaming_sessions --capacity 2 4 6 8 12 16        # sessions held at real time
     .venv/bin/python -m bench.streaming_sessions --full-size --capacity 1 2 3 4 6 --seconds 30
     .venv/bin/python -m bench.streaming_sessions --chunk-s 0.48 --right-s 0.48 --sessions 8   # trade-off rows
@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import random
 import tempfile
 import time
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.capacity and not row["held"]:
                 break
         engine.close()
-    report = {"machine": machine_info(), "model": "full-size random" if args.full_size else "test model",
+    report = {"machine": machine_info(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "model": "full-size random" if args.full_size else "test model",
               "dtype": str(loaded.dtype).replace("torch.", ""),
               "config": asdict(config), "step_budget_ms": args.step_budget_ms, "seconds_per_session": args.seconds, "rows": rows,
               "sessions_held": max([r["sessions"] for r in rows if r["held"]], default=0)}
