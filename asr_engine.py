@@ -23,6 +23,7 @@ from typing import Literal, TypeVar
 import numpy as np
 import torch
 
+import chunked_subsampling
 from chunking import Window, merge_windows, plan_windows
 from engine_streams import EventCallback, StreamHandle, StreamManager, StreamOptions
 from errors import AudioTooLongError, EmptyAudioError, EngineClosedError, EngineOverloadedError, InputError
@@ -187,6 +188,8 @@ class ParakeetEngine:
         self._use_bias = bool(loaded.model.cfg.encoder.get("use_bias", True))
         if hasattr(encoder, "change_subsampling_conv_chunking_factor"):
             encoder.change_subsampling_conv_chunking_factor(1)  # auto-chunk the subsampling convs on long inputs
+        # ...and run them in 60 s windows, so hours of audio do not need one multi-GB conv output (see module)
+        chunked_subsampling.install(encoder)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=self.options.max_queue)
         self._closed = threading.Event()
         self._poke_pending = threading.Event()
