@@ -6,12 +6,22 @@ import datetime as dt
 import logging
 import os
 import platform
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import torch
+
+
+def out(*parts: object, file: TextIO | None = None, flush: bool = True) -> None:
+    """Write one report line (to stdout unless ``file``): the benchmarks' output is their report, not a log."""
+    stream = file if file is not None else sys.stdout
+    stream.write(" ".join(str(p) for p in parts) + "\n")
+    if flush:
+        stream.flush()
 
 
 def quiet_nemo() -> None:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import hwm_mib, machine_info, quiet_nemo, rss_mib
+from bench.common import hwm_mib, machine_info, out, quiet_nemo, rss_mib
 
 SAMPLE_RATE_HZ = 16_000
 NEMO_MIN_PAD_S = 1.0  # TranscriptionTensorDataset pads shorter inputs to 1 s (both sides); the engine does not
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
     repeats = args.repeats or (5 if args.model == "test" else 3)
     heldout_dir = Path(args.heldout_dir)
-    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    log = (lambda *a: out(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: out(*a, flush=True))
 
     from asr_engine import EngineOptions, ParakeetEngine
     from model_loader import load_model
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "nemo": round(wer(final_n, refs).wer_percent, 2)}
 
     if args.json:
-        print(json.dumps(result, indent=2))
+        out(json.dumps(result, indent=2))
     else:
         print_table(result)
     return 0
@@ -451,11 +451,11 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(r: dict[str, Any]) -> None:
     e, n = r["engine"], r["nemo"]
     m = r["machine"]
-    print()
-    print(f"engine vs NeMo transcribe() - model {r['model']} ({Path(r['model_path']).name}), device {r['device']}, "
+    out()
+    out(f"engine vs NeMo transcribe() - model {r['model']} ({Path(r['model_path']).name}), device {r['device']}, "
           f"{m['torch_threads']} threads, {m['cpu']}")
-    print(f"engine bucketing: {r['engine_bucketing']}")
-    print(f"inputs: {r['inputs']} files, {r['audio_s']:.1f} s of audio ({r['shortest_s']}-{r['longest_s']} s), "
+    out(f"engine bucketing: {r['engine_bucketing']}")
+    out(f"inputs: {r['inputs']} files, {r['audio_s']:.1f} s of audio ({r['shortest_s']}-{r['longest_s']} s), "
           f"batch size {r['batch_size']}, {r['repeats']} timed repeats (alternating order), medians")
     rows = [
         ("", "engine", "NeMo transcribe()"),
@@ -473,13 +473,13 @@ def print_table(r: dict[str, Any]) -> None:
         rows.append(("WER vs reference", f"{r['wer_percent']['engine']} %", f"{r['wer_percent']['nemo']} %"))
     rows.append(("empty transcripts", str(r["empty_transcripts"]["engine"]), str(r["empty_transcripts"]["nemo"])))
     for a, b, c in rows:
-        print(f"  {a:22s} {b:>26s} {c:>26s}")
+        out(f"  {a:22s} {b:>26s} {c:>26s}")
     same = "yes" if r["transcripts_identical"] else f"NO ({r['differing_files']} of {r['inputs']} differ)"
-    print(f"transcripts identical: {same}")
+    out(f"transcripts identical: {same}")
     for ex in r["differing_examples"]:
-        print(f"  {ex['input']}: engine={ex['engine']!r} nemo={ex['nemo']!r}")
-    print(f"throughput ratio (engine / NeMo): {r['throughput_ratio']:.3f}")
-    print(f"peak RSS of the process (both copies loaded): {r['peak_rss_mib']} MiB")
+        out(f"  {ex['input']}: engine={ex['engine']!r} nemo={ex['nemo']!r}")
+    out(f"throughput ratio (engine / NeMo): {r['throughput_ratio']:.3f}")
+    out(f"peak RSS of the process (both copies loaded): {r['peak_rss_mib']} MiB")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from bench.common import RssSampler, hwm_mib, machine_info, quiet_nemo, reset_hwm, rss_mib
+from bench.common import RssSampler, hwm_mib, machine_info, out, quiet_nemo, reset_hwm, rss_mib
 
 SAMPLE_RATE_HZ = 16_000
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_nemo()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+    log = (lambda *a: out(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: out(*a, flush=True))
 
     from asr_engine import MAX_AUDIO_S, EngineOptions, ParakeetEngine, TranscribeOptions
     from model_loader import load_model
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
     }
     if args.json:
-        print(json.dumps(result_json, indent=2))
+        out(json.dumps(result_json, indent=2))
     else:
         print_table(result_json)
     return 0 if all(r.get("completed") or r.get("skipped") for r in runs) else 1
@@ -179,30 +179,30 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(r: dict[str, Any]) -> None:
     m = r["machine"]
-    print()
-    print(f"long audio - {Path(r['model_path']).name} on {r['device']} ({r['dtype']}), {m['torch_threads']} threads, "
+    out()
+    out(f"long audio - {Path(r['model_path']).name} on {r['device']} ({r['dtype']}), {m['torch_threads']} threads, "
           f"{m['cpu']}")
-    print(f"input: {r['minutes']:.1f} min ({r['clips']} held-out clips with pauses, {r['audio_mib']} MiB float32); "
+    out(f"input: {r['minutes']:.1f} min ({r['clips']} held-out clips with pauses, {r['audio_mib']} MiB float32); "
           f"RSS at start {r['rss_start_mib']} MiB, after load {r['rss_loaded_mib']} MiB")
     header = ("mode", "done", "wall s", "RTFx", "WER %", "wpm hyp/ref", "RSS before", "RSS peak", "growth", "VmHWM")
-    print("  " + " ".join(f"{h:>11s}" for h in header))
+    out("  " + " ".join(f"{h:>11s}" for h in header))
     for run in r["runs"]:
         if not run.get("completed"):
-            print(f"  {run['mode']:>11s} {'no':>11s}  {run.get('skipped') or run.get('error')}")
+            out(f"  {run['mode']:>11s} {'no':>11s}  {run.get('skipped') or run.get('error')}")
             continue
         cells = (run["mode"], "yes", f"{run['wall_s']:.1f}", f"{run['rtfx']:.1f}", f"{run['wer_percent']:.2f}",
                  f"{run['wpm_hyp']:.0f}/{run['wpm_ref']:.0f}", f"{run['rss_before_mib']}", f"{run['rss_peak_sampled_mib']}",
                  f"+{run['rss_growth_mib']}", str(run["vmhwm_mib"]))
-        print("  " + " ".join(f"{c:>11s}" for c in cells))
+        out("  " + " ".join(f"{c:>11s}" for c in cells))
     for run in r["runs"]:
         if run.get("completed"):
             extra = f", {run['windows']} windows" if run.get("windows") else ""
             minutes, seconds = run["estimate_s_for"]
-            print(f"  {run['mode']}: attention {run['attention']}{extra}; S/D/I {run['substitutions']}/"
+            out(f"  {run['mode']}: attention {run['attention']}{extra}; S/D/I {run['substitutions']}/"
                   f"{run['deletions']}/{run['insertions']}; estimated {seconds / 60:.1f} min for {minutes:.0f} min "
                   f"of audio")
-            print("    RSS timeline (s: MiB): " + ", ".join(f"{t:g}: {mb:.0f}" for t, mb in run["rss_timeline"]))
-    print(f"process peak RSS (VmHWM, whole run): {r['process_peak_rss_mib']} MiB")
+            out("    RSS timeline (s: MiB): " + ", ".join(f"{t:g}: {mb:.0f}" for t, mb in run["rss_timeline"]))
+    out(f"process peak RSS (VmHWM, whole run): {r['process_peak_rss_mib']} MiB")
 
 
 if __name__ == "__main__":

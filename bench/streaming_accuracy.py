@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import machine_info, quiet_nemo
+from bench.common import machine_info, out, quiet_nemo
 
 SAMPLE_RATE_HZ = 16_000
 TICK_S = 0.02
@@ -178,20 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    print(f"model {report['model']} ({report['dtype']}), {len(clips)} clips, {report['audio_s']} s of audio, "
+    out(f"model {report['model']} ({report['dtype']}), {len(clips)} clips, {report['audio_s']} s of audio, "
           f"left/chunk/right {config.left_s}/{config.chunk_s}/{config.right_s} s, "
           f"threads {torch.get_num_threads()}")
-    print("| split | clips | words | offline WER % | streamed WER % | streamed vs offline: ins / del / sub |")
-    print("|---|---|---|---|---|---|")
+    out("| split | clips | words | offline WER % | streamed WER % | streamed vs offline: ins / del / sub |")
+    out("|---|---|---|---|---|---|")
     for split, row in accuracy.items():
         s = row["streamed_vs_offline"]
-        print(f"| {split} | {row['clips']} | {row['words']} | {row['offline_wer']} | {row['streamed_wer']} | "
+        out(f"| {split} | {row['clips']} | {row['words']} | {row['offline_wer']} | {row['streamed_wer']} | "
               f"{s['ins']} / {s['del']} / {s['sub']} |")
-    print(f"offline pass {offline_s:.2f} s; streamed (all clips, largest batch {max(batches)}) {streamed_s:.2f} s")
-    print("| batch | median ms/step | p90 ms/step | ms per stream | streams held in real time |")
-    print("|---|---|---|---|---|")
+    out(f"offline pass {offline_s:.2f} s; streamed (all clips, largest batch {max(batches)}) {streamed_s:.2f} s")
+    out("| batch | median ms/step | p90 ms/step | ms per stream | streams held in real time |")
+    out("|---|---|---|---|---|")
     for batch, row in compute.items():
-        print(f"| {batch} | {row['median_ms']} | {row['p90_ms']} | {row['per_stream_ms']} | "
+        out(f"| {batch} | {row['median_ms']} | {row['p90_ms']} | {row['per_stream_ms']} | "
               f"{row['realtime_streams']} |")
     return 0
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from websockets.asyncio.client import connect
 
-from bench.common import machine_info, quiet_nemo
+from bench.common import machine_info, out, quiet_nemo
 
 RATE = 16_000
 FRAME_S = 0.02
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             row["ms_per_step"] = round((engine.streams.step_seconds - secs0) / max(1, steps) * 1000, 1)
             rows.append(row)
             if not args.json:
-                print(json.dumps(row))
+                out(json.dumps(row))
             if args.capacity and not row["held"]:
                 break
         engine.close()
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
               "dtype": str(loaded.dtype).replace("torch.", ""),
               "config": asdict(config), "step_budget_ms": args.step_budget_ms, "seconds_per_session": args.seconds, "rows": rows,
               "sessions_held": max([r["sessions"] for r in rows if r["held"]], default=0)}
-    print(json.dumps(report, indent=None if args.json else 2))
+    out(json.dumps(report, indent=None if args.json else 2))
     return 0
 
 
