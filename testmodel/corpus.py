@@ -9,6 +9,7 @@ sentences never used in training, spoken both by voices seen in training and by 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import shutil
 import subprocess
@@ -58,9 +59,25 @@ VOCABULARY: tuple[str, ...] = tuple(dict.fromkeys(NUMBERS + VERBS + MODIFIERS + 
 
 # Accents are espeak-ng's English voices; variants change the speaker (formants, breathiness, pitch range).
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
+# The "seen voices" of the evaluation set (and of the dev set that draws the training curve).
 TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m7", "f1", "f2", "f3", "f5", "klatt", "klatt2", "Andy", "Annie")
+# Training also speaks through these: more speakers per step is what makes voices never heard generalise.
+# (espeak-ng's robotic, whispering and croaking variants are left out.)
+EXTRA_TRAIN_VARIANTS = (
+    "m8", "klatt3", "klatt5", "klatt6", "Alex", "Andrea", "AnxiousAndy", "Denis", "Diogo", "Gene", "Gene2",
+    "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "RicishayMax", "Storm",
+    "Tweaky", "adam", "anika", "announcer", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "ed",
+    "edward", "edward2", "grandma", "grandpa", "gustave", "iven", "iven2", "iven3", "iven4", "john", "kaukovalta",
+    "linda", "max", "marcelo", "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert",
+    "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac",
+)
+SEEN_VOICE_WEIGHT = 3
 # Never used in training: the "unseen voices" of the evaluation set.
 UNSEEN_VARIANTS = ("m6", "f4", "klatt4", "Alicia", "david")
+# Training audio is resampled as if espeak-ng had written it at 22050 Hz x warp: warp > 1 raises formants and
+# pitch and speeds speech up (a shorter vocal tract), < 1 the opposite. Quantised so resampling stays cheap.
+TRAIN_WARP_RANGE = (0.92, 1.08)
+WARP_STEP_HZ = 50
 
 
 @dataclass(frozen=True)
@@ -87,10 +104,18 @@ class UtteranceSpec:
     noise_dbfs: float
     gain_db: float
     seed: int
+    warp: float = 1.0  # source-rate scale applied when resampling to 16 kHz (1.0: none)
 
 
 def seen_voices() -> list[Voice]:
     return [Voice(a, v) for a in ACCENTS for v in TRAIN_VARIANTS]
+
+
+def training_voices() -> list[Voice]:
+    """Every voice training speaks through, to draw from uniformly: the seen voices of the evaluation set, listed
+    ``SEEN_VOICE_WEIGHT`` times (so they still speak ~40 % of the corpus), and the extra variants."""
+    seen = [Voice(a, v) for a in ACCENTS for v in TRAIN_VARIANTS]
+    return seen * SEEN_VOICE_WEIGHT + [Voice(a, v) for a in ACCENTS for v in EXTRA_TRAIN_VARIANTS]
 
 
 def unseen_voices() -> list[Voice]:
@@ -182,9 +207,15 @@ def make_bootstrap_sentences(rng: random.Random, count: int, exclude: Iterable[s
     return out
 
 
-def make_specs(rng: random.Random, sentences: list[str], voices: list[Voice], prefix: str) -> list[UtteranceSpec]:
+def make_specs(rng: random.Random, sentences: list[str], voices: list[Voice], prefix: str,
+               warp_range: tuple[float, float] | None = None) -> list[UtteranceSpec]:
+    """One spec per sentence. Without ``warp_range`` no warp is drawn (and the generator is not consumed for it)."""
     specs = []
     for i, text in enumerate(sentences):
+        warp = 1.0
+        if warp_range is not None:
+            lo, hi = (round(ESPEAK_RATE_HZ * w / WARP_STEP_HZ) for w in warp_range)
+            warp = rng.randint(lo, hi) * WARP_STEP_HZ / ESPEAK_RATE_HZ
         specs.append(
             UtteranceSpec(
                 uid=f"{prefix}-{i:05d}",
@@ -197,6 +228,7 @@ def make_specs(rng: random.Random, sentences: list[str], voices: list[Voice], pr
                 noise_dbfs=rng.uniform(-70.0, -45.0),
                 gain_db=rng.uniform(-12.0, 3.0),
                 seed=rng.randrange(2**31),
+                warp=warp,
             )
         )
     return specs
@@ -215,7 +247,9 @@ def render(spec: UtteranceSpec, workdir: Path) -> np.ndarray:
     wav.unlink()
     if rate != ESPEAK_RATE_HZ:
         raise RuntimeError(f"espeak-ng wrote {rate} Hz audio, expected {ESPEAK_RATE_HZ} Hz")
-    speech = resample_poly(speech, 320, 441).astype(np.float32)  # 22050 Hz -> 16000 Hz
+    source_hz = round(ESPEAK_RATE_HZ * spec.warp / WARP_STEP_HZ) * WARP_STEP_HZ
+    g = math.gcd(source_hz, SAMPLE_RATE_HZ)
+    speech = resample_poly(speech, SAMPLE_RATE_HZ // g, source_hz // g).astype(np.float32)  # -> 16000 Hz
     rng = np.random.default_rng(spec.seed)
     lead = np.zeros(int(spec.lead_silence_s * SAMPLE_RATE_HZ), np.float32)
     trail = np.zeros(int(spec.trail_silence_s * SAMPLE_RATE_HZ), np.float32)

@@ -54,6 +54,13 @@ def test_heldout_set_is_really_held_out(heldout_clips) -> None:
     assert max(c.seconds for c in heldout_clips) > 15 and min(c.seconds for c in heldout_clips) < 3
     assert len([c for c in heldout_clips if c.split == "seen"]) == len([c for c in heldout_clips if c.split == "unseen"]) == 40
     assert sum(p.stat().st_size for p in HELDOUT_DIR.iterdir()) <= 10 * 1024 * 1024
+    # the --more-voices experiment changes only the training utterances, and never speaks through an unseen voice
+    diverse = plan_corpus(more_voices=True)
+    assert (diverse.seen, diverse.unseen, diverse.dev, diverse.bootstrap) == (plan.seen, plan.unseen, plan.dev, plan.bootstrap)
+    assert not {s.voice.variant for s in diverse.train} & set(corpus.UNSEEN_VARIANTS)
+    lo, hi = corpus.TRAIN_WARP_RANGE
+    assert all(lo - 0.01 <= s.warp <= hi + 0.01 for s in diverse.train) and len({s.warp for s in diverse.train}) > 50
+    assert all(s.warp == 1.0 for s in plan.train)
 
 
 @pytest.mark.parametrize("split", ["seen", "unseen"])
