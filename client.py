@@ -302,6 +302,7 @@ class StreamOptions:
     timestamps: bool = False
     endpointing: bool = True
     endpoint_silence_ms: int | None = None
+    final_pass: bool = True  # False: ask for streamed finals (committed words never revised)
     finalize_every_s: float | None = None  # send `finalize` each time this much audio has been sent
     stop_timeout_s: float = STOP_TIMEOUT_S
 
@@ -310,6 +311,8 @@ class StreamOptions:
                                  "timestamps": self.timestamps, "endpointing": self.endpointing}
         if self.endpoint_silence_ms is not None:
             start["endpoint_silence_ms"] = self.endpoint_silence_ms
+        if not self.final_pass:
+            start["final_pass"] = False
         return start
 
 
@@ -798,7 +801,8 @@ def _stream_options(args: argparse.Namespace, url: str) -> StreamOptions:
         raise UsageError("--finalize-after-s must be a positive number of seconds")
     return StreamOptions(url=url, sample_rate=args.sample_rate, frame_ms=args.frame_ms, realtime=args.realtime,
                          timestamps=args.timestamps, endpointing=args.endpointing,
-                         endpoint_silence_ms=args.silence_ms, finalize_every_s=args.finalize_after_s)
+                         endpoint_silence_ms=args.silence_ms, finalize_every_s=args.finalize_after_s,
+                         final_pass=args.final_pass)
 
 
 def _audio_source(args: argparse.Namespace) -> AudioSource:
@@ -963,6 +967,8 @@ def build_parser() -> argparse.ArgumentParser:
     audio.add_argument("--timestamps", action="store_true", help="ask for word timestamps; show utterance times")
     audio.add_argument("--no-endpointing", dest="endpointing", action="store_false",
                        help="no server VAD: one utterance until finalize/stop")
+    audio.add_argument("--streamed-finals", dest="final_pass", action="store_false",
+                       help="finals from the streamed chunks instead of an offline pass over each utterance")
     audio.add_argument("--silence-ms", type=int, default=None, help="silence that ends an utterance (server: 600)")
     audio.add_argument("--finalize-after-s", type=float, default=None, metavar="S",
                        help="send a finalize each time S more seconds of audio have been sent")

@@ -43,6 +43,7 @@ FinalReason = Literal["endpoint", "finalize", "stop"]
 class StreamOptions:
     endpointing: bool = True  # server VAD ends utterances on silence
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    final_pass: bool = True  # finals are one offline pass over the utterance (may revise committed partial words)
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ class StreamManager:
             self._vad = BatchedVad()  # loads silero's ONNX model once (a few ms); raises when it is missing
         sid = stream_id or f"s{next(self._ids)}"
         handle = StreamHandle(self, sid, opts)
-        live = _Live(handle=handle, on_event=on_event, state=self.streamer.new_stream(sid),
+        live = _Live(handle=handle, on_event=on_event, state=self.streamer.new_stream(sid, final_pass=opts.final_pass),
                      vad=self._vad.new_stream(opts.endpoint) if opts.endpointing and self._vad else None)
         with self._lock:
             if sid in self._live:
@@ -321,8 +322,8 @@ class StreamManager:
                 continue
             # The next utterance starts where this one's audio ended (the flush padding is not real audio).
             live.samples_before += live.state.received - live.state.padding
-            live.state = self.streamer.new_stream(live.handle.stream_id,
-                                                  offset_s=live.samples_before / SAMPLE_RATE_HZ)
+            live.state = self.streamer.new_stream(live.handle.stream_id, offset_s=live.samples_before / SAMPLE_RATE_HZ,
+                                                  final_pass=live.handle.options.final_pass)
             if live.vad is not None:
                 live.vad.reset_endpoint()
 

@@ -58,6 +58,7 @@ class Settings:
     stream_chunk_s: float = 0.96  # PARAKEET_STREAM_CHUNK_S: audio committed per streaming step (80 ms multiple)
     stream_right_s: float = 0.96  # PARAKEET_STREAM_RIGHT_S: lookahead after each chunk (80 ms multiple)
     stream_step_budget_ms: float = 50.0  # PARAKEET_STREAM_STEP_BUDGET_MS: longest streaming forward; 0 = no split
+    stream_final_pass_max_s: float = 20.0  # PARAKEET_STREAM_FINAL_PASS_MAX_S: offline final for utterances this long; 0 = off
     runpod_public_ip: str = ""  # RUNPOD_PUBLIC_IP: set by RunPod when a TCP port is exposed
     runpod_tcp_port: int = 0  # RUNPOD_TCP_PORT_<ws_port>: the public port RunPod maps to ws_port
     # Observability
@@ -76,7 +77,7 @@ class Settings:
             full_attention_max_s=self.full_attention_max_s or None, max_audio_s=self.max_audio_s,
             default_chunk_s=self.chunk_s, default_overlap_s=self.chunk_overlap_s,
             streaming=StreamingConfig(left_s=self.stream_left_s, chunk_s=self.stream_chunk_s,
-                                      right_s=self.stream_right_s),
+                                      right_s=self.stream_right_s, final_pass_max_s=self.stream_final_pass_max_s),
             stream_step_budget_s=self.stream_step_budget_ms / 1000,
         )
 
@@ -152,6 +153,7 @@ _ENV_NAMES = {
     "stream_chunk_s": "PARAKEET_STREAM_CHUNK_S",
     "stream_right_s": "PARAKEET_STREAM_RIGHT_S",
     "stream_step_budget_ms": "PARAKEET_STREAM_STEP_BUDGET_MS",
+    "stream_final_pass_max_s": "PARAKEET_STREAM_FINAL_PASS_MAX_S",
     "runpod_public_ip": "RUNPOD_PUBLIC_IP",
     "log_format": "PARAKEET_LOG_FORMAT",
     "metrics_file": "PARAKEET_METRICS_FILE",

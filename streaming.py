@@ -24,6 +24,14 @@ Exactness (checked by ``tests/test_streaming.py``):
 * when the window covers the whole clip, the encoder sees exactly what the offline path sees, so streaming and
   offline text are identical.
 
+The final pass: a stream keeps the audio of its utterance (up to ``final_pass_max_s``) and :meth:`finalize`
+transcribes it in one offline pass (full context, batched over the streams finalising together) instead of
+flushing the tail chunk by chunk. The final is then exactly the offline transcript of the utterance's audio — the
+streamed chunks lose accuracy for want of right context — and costs one forward over the utterance, about what the
+tail's [left | rest | padding] window costs for utterances of a few seconds. The final may therefore revise words
+that partials had committed (``StepResult.source == "offline"``); streams created with ``final_pass=False``, and
+utterances longer than ``final_pass_max_s`` (whose audio is not kept), get the streamed final.
+
 Not thread-safe: call everything from one thread (the engine's worker). The model is never modified.
 """
 
@@ -32,7 +40,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -78,11 +86,12 @@ class StreamingConfig:
     final_pad_s: float = 0.32  # silence appended by end(): gives the last word frames to be emitted in
     draft: bool = True  # decode the right context into a draft each step
     max_backlog_s: float = 30.0  # undecoded audio a stream may hold before accept() refuses more
+    final_pass_max_s: float = 20.0  # finals of utterances up to this long are one offline pass (0: never)
 
     def __post_init__(self) -> None:
         if self.chunk_s <= 0:
             raise ValueError(f"chunk_s must be positive, got {self.chunk_s}")
-        for name in ("left_s", "right_s", "final_pad_s"):
+        for name in ("left_s", "right_s", "final_pad_s", "final_pass_max_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         self.frames(ENCODER_FRAME_S)
@@ -122,6 +131,8 @@ class StepResult:
     committed_until_s: float  # audio up to here is decoded and committed
     audio_end_s: float  # end of the audio this step looked at (chunk + right context)
     final: bool  # the stream is finished; draft_text is empty and committed_text is the transcript
+    words: tuple[WordTiming, ...] = ()  # every committed word of the stream (for a final: the transcript's)
+    source: Literal["stream", "offline"] = "stream"  # "offline": a final from the offline pass over the utterance
 
     @property
     def text(self) -> str:
@@ -155,6 +166,8 @@ class StreamState:
     open_word: list[Token] = field(default_factory=list)  # committed tokens of the word not yet closed
     draft: list[Token] = field(default_factory=list)  # tokens decoded from the right context at the last step
     steps: int = 0
+    final_pass: bool = True  # keep the utterance's audio for an offline final pass
+    kept: list[np.ndarray] = field(default_factory=list, repr=False)  # the real audio so far, while final_pass
 
     @property
     def pending_samples(self) -> int:
@@ -228,12 +241,14 @@ class StreamingRecognizer:
         self._word_start = np.array([p.startswith(SENTENCEPIECE_WORD_START) for p in pieces], dtype=bool)
 
     # --- streams --------------------------------------------------------------------------------------------------
-    def new_stream(self, stream_id: str | None = None, offset_s: float = 0.0) -> StreamState:
-        """A fresh stream; ``offset_s`` shifts its timestamps (e.g. a new utterance on a long connection)."""
+    def new_stream(self, stream_id: str | None = None, offset_s: float = 0.0, final_pass: bool = True) -> StreamState:
+        """A fresh stream; ``offset_s`` shifts its timestamps (e.g. a new utterance on a long connection);
+        ``final_pass=False``: its final is streamed too, so committed words are never revised."""
         self._streams_created += 1
         capacity = self.left_samples + self.chunk_samples + self.right_samples + self.pad_samples
         return StreamState(stream_id=stream_id if stream_id is not None else f"stream-{self._streams_created}",
-                           offset_s=offset_s, audio=np.zeros(capacity, dtype=np.float32))
+                           offset_s=offset_s, audio=np.zeros(capacity, dtype=np.float32),
+                           final_pass=final_pass and self.config.final_pass_max_s > 0)
 
     def accept(self, state: StreamState, audio: np.ndarray) -> None:
         """Append float32 mono 16 kHz samples. Raises :class:`StreamBacklogError` past ``max_backlog_s``."""
@@ -248,6 +263,11 @@ class StreamingRecognizer:
                 f"stream {state.stream_id} would hold {held_s:.1f} s of undecoded audio (limit "
                 f"{self.config.max_backlog_s} s): step it more often or send audio closer to real time")
         self._append(state, samples)
+        if state.final_pass:
+            if state.audio_s > self.config.final_pass_max_s:  # too long for one pass: stream the final, free the copy
+                state.final_pass, state.kept = False, []
+            elif samples.size:
+                state.kept.append(samples.copy())
 
     def end(self, state: StreamState) -> None:
         """No more audio will come: append the final padding; the stream stays ready until its tail is decoded."""
@@ -269,13 +289,20 @@ class StreamingRecognizer:
         """Decode the next chunk of every given stream: one batched encoder forward, one batched decoder pass.
 
         Every stream must be :meth:`ready`. Returns one result per stream, in order; an ended stream whose last
-        chunk was decoded comes back with ``final=True``.
+        chunk was decoded comes back with ``final=True``. Ended streams that kept their audio are not stepped:
+        they get the final pass (one batched offline pass over each one's audio) and come back final.
         """
         if len({id(s) for s in states}) != len(states):
             raise ValueError("a stream appears twice in one step")
         for s in states:
             if not self.ready(s):
                 raise ValueError(f"stream {s.stream_id} is not ready (needs chunk + right context, or end())")
+        passing = [s for s in states if s.ended and s.final_pass and s.kept]
+        if passing:  # ended streams that kept their audio: one offline pass, whatever is still undecoded
+            done = dict(zip(map(id, passing), self._final_pass(passing)))
+            rest = [s for s in states if id(s) not in done]
+            done.update(zip(map(id, rest), self.step(rest) if rest else []))
+            return [done[id(s)] for s in states]
         plans = [self._plan(s) for s in states]
         new_tokens: list[list[Token]] = [[] for _ in states]
         drafts: list[list[Token]] = [[] for _ in states]
@@ -295,10 +322,12 @@ class StreamingRecognizer:
                 for i, (state, plan) in enumerate(zip(states, plans))]
 
     def finalize(self, states: Sequence[StreamState]) -> list[StepResult]:
-        """End the given streams and step them (batched) until their tails are decoded; the final results.
+        """End the given streams and decode what is left of them (batched); the final results.
 
-        The tail can take more than one step (up to chunk + right context + padding is pending at the end), so
-        each result's ``new_words`` gathers the words of all of them: everything committed since the last step.
+        Streams that kept their audio (see the module's "final pass") get one batched offline pass over it: their
+        result holds the whole transcript in ``words`` and ``new_words`` and has ``source="offline"``. The others
+        are stepped until their tails are decoded; that can take more than one step (up to chunk + right context +
+        padding is pending at the end), so ``new_words`` gathers the words of all of them.
         """
         for s in states:
             self.end(s)
@@ -312,6 +341,24 @@ class StreamingRecognizer:
                 words[id(s)].extend(r.new_words)
                 latest[id(s)] = r
         return [replace(latest[id(s)], new_words=tuple(words[id(s)])) for s in states]
+
+    def _final_pass(self, states: list[StreamState]) -> list[StepResult]:
+        """One batched offline transcription of each stream's kept audio; the streams are done afterwards."""
+        if not states:
+            return []
+        transcripts = self.recognizer.transcribe([np.concatenate(s.kept) for s in states], timestamps=True)
+        results = []
+        for state, transcript in zip(states, transcripts):
+            shifted = tuple(WordTiming(w.word, round(w.start + state.offset_s, 3), round(w.end + state.offset_s, 3))
+                            for w in transcript.words)
+            state.words = list(shifted)
+            state.committed_text = transcript.text.strip()
+            state.open_word, state.draft, state.kept = [], [], []
+            state.consumed = state.received
+            state.done, state.decoder_state = True, None
+            end_s = self._end_s(state, state.received)
+            results.append(replace(self._result(state, shifted, end_s), source="offline"))
+        return results
 
     def snapshot(self, state: StreamState) -> StepResult:
         """The stream's current result without running anything (``new_words`` empty)."""
@@ -455,7 +502,7 @@ class StreamingRecognizer:
         draft_text = self.tokenizer.ids_to_text(open_ids).strip() if open_ids else ""
         return StepResult(stream_id=state.stream_id, committed_text=state.committed_text, new_words=new_words,
                           draft_text=draft_text, committed_until_s=self._end_s(state, state.consumed),
-                          audio_end_s=audio_end_s, final=state.done)
+                          audio_end_s=audio_end_s, final=state.done, words=tuple(state.words))
 
 
 def _frames_from(encoded: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from asr_engine import ParakeetEngine
+from audio_utils import pcm16_to_float32
 from engine_streams import StreamEvent, StreamHandle, StreamOptions
 from errors import EngineClosedError, EngineOverloadedError, ParakeetError
 from observability import Metrics, log_context, setup_logging
@@ -49,7 +50,7 @@ PROTOCOL_VERSION = "parakeet-stream/1"
 ENGINE_RATE_HZ = 16_000
 MIN_RATE_HZ, MAX_RATE_HZ = 8_000, 48_000
 START_KEYS = frozenset({"action", "sample_rate", "chunk_duration", "timestamps", "interim_results", "endpointing",
-                        "endpoint_silence_ms", "encoding", "language"})
+                        "endpoint_silence_ms", "encoding", "language", "final_pass"})
 CONFIG_KEYS = frozenset({"action", "timestamps", "interim_results"})
 
 
@@ -239,6 +240,7 @@ class _Started:
     endpointing: bool
     endpoint_silence_ms: int
     language: str
+    final_pass: bool
 
 
 class Session:
@@ -255,7 +257,6 @@ class Session:
         self.resampler: soxr.ResampleStream | None = None
         self.seq = 0
         self.finals: list[str] = []
-        self.current_words: list[dict[str, Any]] = []
         self.audio_samples = 0  # at the client's rate
         self.reason: str | None = None
         self.closed_event = asyncio.Event()  # the engine stream is closed
@@ -398,7 +399,8 @@ class Session:
             raise StreamError("bad_message", f"encoding {encoding!r} is not supported: send PCM16 little-endian "
                                              "mono (pcm_s16le)")
         flags = {}
-        for key, default in (("timestamps", False), ("interim_results", True), ("endpointing", True)):
+        for key, default in (("timestamps", False), ("interim_results", True), ("endpointing", True),
+                             ("final_pass", True)):
             value = message.get(key, default)
             if not isinstance(value, bool):
                 raise StreamError("bad_message", f"{key} must be true or false, got {value!r}")
@@ -413,19 +415,22 @@ class Session:
         if not isinstance(language, str) or len(language) > 16:
             raise StreamError("bad_message", "language must be a short string such as \"en\" or \"auto\"")
         options = StreamOptions(endpointing=flags["endpointing"],
-                                endpoint=EndpointConfig(silence_s=float(silence) / 1000))
+                                endpoint=EndpointConfig(silence_s=float(silence) / 1000),
+                                final_pass=flags["final_pass"])
         try:
             self.handle = self.server.engine.open_stream(self._on_engine_event, options, stream_id=self.id)
         except EngineClosedError as exc:
             raise StreamError("engine_closed", str(exc)) from None
         self.started = _Started(sample_rate=rate, timestamps=flags["timestamps"],
                                 interim_results=flags["interim_results"], endpointing=flags["endpointing"],
-                                endpoint_silence_ms=int(silence), language=language)
+                                endpoint_silence_ms=int(silence), language=language,
+                                final_pass=flags["final_pass"] and self.server.engine.streamer.config.final_pass_max_s > 0)
         if rate != ENGINE_RATE_HZ:
             self.resampler = soxr.ResampleStream(rate, ENGINE_RATE_HZ, 1, dtype="float32", quality="HQ")
         cfg = self.server.engine.streamer.config
         self._send({"type": "started", "session_id": self.id, **asdict(self.started), "encoding": "pcm_s16le",
                     "chunk_duration": cfg.chunk_s, "left_context": cfg.left_s, "right_context": cfg.right_s,
+                    "final_pass_max_s": cfg.final_pass_max_s,
                     "requested_chunk_duration": chunk, "protocol": PROTOCOL_VERSION})
 
     def _on_audio(self, data: bytes) -> None:
@@ -442,7 +447,7 @@ class Session:
                                                  f"most {self.grant.limits.max_frame_audio_s:.0f} s per frame")
         if not data:
             return
-        samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        samples = pcm16_to_float32(data)
         if self.resampler is not None:
             samples = self.resampler.resample_chunk(samples)
         try:
@@ -531,7 +536,6 @@ class Session:
         result = event.result
         if result is None or started is None:
             return
-        self.current_words.extend({"word": w.word, "start": w.start, "end": w.end} for w in result.new_words)
         is_final = event.kind == "final"
         text = result.committed_text if is_final else result.text
         if not is_final and not started.interim_results:
@@ -541,18 +545,16 @@ class Session:
             "type": "transcription", "text": text, "is_final": is_final, "accumulated_text": accumulated,
             "utterance": event.utterance, "committed_text": result.committed_text,
             "draft_text": "" if is_final else result.draft_text,
-            "audio_start": self.current_words[0]["start"] if self.current_words else result.committed_until_s,
+            "audio_start": result.words[0].start if result.words else result.committed_until_s,
             "audio_end": result.audio_end_s, "committed_until": result.committed_until_s,
             "latency_ms": round((time.monotonic() - event.emitted_at) * 1000, 2),
         }
         if is_final:
             message.update(final_reason=event.reason, from_finalize=event.reason == "finalize",
-                           speech_final=event.reason == "endpoint")
+                           speech_final=event.reason == "endpoint", final_source=result.source)
             self.finals.append(text)
         if started.timestamps:
-            message["words"] = list(self.current_words)
-        if is_final:
-            self.current_words = []
+            message["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in result.words]
         self._send(message)
 
 

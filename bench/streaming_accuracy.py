@@ -1,4 +1,4 @@
-"""Streaming recognition vs offline on the held-out clips: final WER, seam errors, per-step compute time.
+"""Streaming recognition vs offline on the held-out clips: final WER, seam errors, final and step compute time.
 
     .venv/bin/python -m bench.streaming_accuracy                      # all held-out clips, default config
     .venv/bin/python -m bench.streaming_accuracy --chunk-s 0.48 --right-s 0.48 --left-s 4.0
@@ -6,8 +6,14 @@
 
 Accuracy: every clip is streamed as a live client would send it (20 ms frames, staggered starts so chunk
 boundaries never line up, one batched ``step`` per chunk period over all ready streams, ``finalize`` at the
-end) and scored against the reference, beside the offline transcript of the same clips. "Seam" errors are the
-insertions and deletions of the streamed text measured against the offline text of the same audio.
+end) and scored against the reference, beside the offline transcript of the same clips, twice: with finals
+decoded from the streamed chunks ("streamed", what the committed words of the partials amount to) and with the
+final pass (one offline pass over each utterance at its end, the service's default up to ``--final-pass-max-s``).
+"Seam" errors are the insertions and deletions of the streamed text measured against the offline text of the
+same audio.
+
+Final cost: each clip streamed alone up to its end, then the time of ``finalize`` — the streamed tail (its
+[left | rest | padding] window) vs the final pass (a forward over the whole utterance) — by utterance length.
 
 Compute: ``B`` streams of continuous speech (held-out clips back to back) in steady state (full left context),
 one ``step`` over all ``B`` per chunk; median and p90 milliseconds per step, and the real-time factor
@@ -22,6 +28,7 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +74,21 @@ def stream_staggered(streamer: Any, audios: list[np.ndarray], starts_s: list[flo
     return [finals[i] for i in range(len(audios))], batches
 
 
+def final_times(streamer: Any, audios: list[np.ndarray]) -> list[float]:
+    """Seconds ``finalize`` takes for each audio streamed alone (stepped as its chunks arrive) up to its end."""
+    times = []
+    for audio in audios:
+        state = streamer.new_stream()
+        for start in range(0, audio.shape[0], streamer.chunk_samples):
+            streamer.accept(state, audio[start : start + streamer.chunk_samples])
+            while streamer.ready(state):
+                streamer.step([state])
+        started = time.perf_counter()
+        streamer.finalize([state])
+        times.append(time.perf_counter() - started)
+    return times
+
+
 def step_times(streamer: Any, speech: np.ndarray, batch: int, steps: int) -> list[float]:
     """Seconds per batched step of ``batch`` streams (different audio each) in steady state: full left context,
     one chunk arriving per stream between steps."""
@@ -106,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-s", type=float, default=0.96)
     parser.add_argument("--right-s", type=float, default=0.96)
     parser.add_argument("--final-pad-s", type=float, default=0.32)
+    parser.add_argument("--final-pass-max-s", type=float, default=20.0,
+                        help="utterances up to this long get the offline final pass (the service's default)")
     parser.add_argument("--clips", type=int, default=0, help="use the first N held-out clips (0: all)")
     parser.add_argument("--stagger-s", type=float, default=0.37, help="start offset between streams")
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 8], help="batch sizes to time")
@@ -126,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(Settings(model=args.model_path, dtype=args.dtype))
     recognizer = Recognizer(loaded)
     config = StreamingConfig(left_s=args.left_s, chunk_s=args.chunk_s, right_s=args.right_s,
-                             final_pad_s=args.final_pad_s)
-    streamer = StreamingRecognizer(recognizer, config)
+                             final_pad_s=args.final_pad_s, final_pass_max_s=0.0)
+    streamer = StreamingRecognizer(recognizer, config)  # finals from the streamed chunks
+    passer = StreamingRecognizer(recognizer, replace(config, final_pass_max_s=args.final_pass_max_s))
     clips = load_heldout(Path(args.heldout_dir))
     if args.clips > 0:
         clips = clips[: args.clips]
@@ -138,9 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     offline = [t.text for t in recognizer.transcribe([c.audio for c in clips])]
     offline_s = time.perf_counter() - started
     started = time.perf_counter()
-    results, batches = stream_staggered(streamer, [c.audio for c in clips], [i * args.stagger_s for i in range(len(clips))])
+    starts = [i * args.stagger_s for i in range(len(clips))]
+    results, batches = stream_staggered(streamer, [c.audio for c in clips], starts)
     streamed = [r.committed_text for r in results]
     streamed_s = time.perf_counter() - started
+    started = time.perf_counter()
+    passed_results, _ = stream_staggered(passer, [c.audio for c in clips], starts)
+    passed = [r.committed_text for r in passed_results]
+    passed_s = time.perf_counter() - started
+    passed_offline = sum(r.source == "offline" for r in passed_results)
 
     accuracy: dict[str, Any] = {}
     for split in ("all", "seen", "unseen"):
@@ -150,11 +181,20 @@ def main(argv: list[str] | None = None) -> int:
         refs = [clips[i].text for i in idx]
         off = wer([offline[i] for i in idx], refs)
         st = wer([streamed[i] for i in idx], refs)
+        fp = wer([passed[i] for i in idx], refs)
         seam = wer([streamed[i] for i in idx], [offline[i] for i in idx])
         accuracy[split] = {"clips": len(idx), "words": st.words, "offline_wer": round(off.wer_percent, 2),
-                           "streamed_wer": round(st.wer_percent, 2),
+                           "streamed_wer": round(st.wer_percent, 2), "final_pass_wer": round(fp.wer_percent, 2),
                            "streamed_vs_offline": {"wer": round(seam.wer_percent, 2), "ins": seam.insertions,
                                                    "del": seam.deletions, "sub": seam.substitutions}}
+
+    final_cost: dict[str, Any] = {}
+    for lo, hi in ((0, 5), (5, 10), (10, 20)):
+        group = [c for c in clips if lo < c.seconds <= hi]
+        if group:
+            tail, one_pass = (statistics.median(final_times(s, [c.audio for c in group])) for s in (streamer, passer))
+            final_cost[f"{lo}-{hi} s"] = {"clips": len(group), "streamed_tail_ms": round(1000 * tail, 1),
+                                          "final_pass_ms": round(1000 * one_pass, 1)}
 
     speech = np.concatenate([c.audio for c in clips])
     compute: dict[str, Any] = {}
@@ -169,10 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": machine_info(), "model": loaded.source.name, "dtype": str(loaded.dtype).replace("torch.", ""),
         "config": {"left_s": config.left_s, "chunk_s": config.chunk_s, "right_s": config.right_s,
-                   "final_pad_s": config.final_pad_s},
+                   "final_pad_s": config.final_pad_s, "final_pass_max_s": args.final_pass_max_s},
         "audio_s": round(sum(c.seconds for c in clips), 1), "offline_s": round(offline_s, 2),
-        "streamed_s": round(streamed_s, 2), "largest_batch": max(batches), "accuracy": accuracy,
-        "step_compute": compute,
+        "streamed_s": round(streamed_s, 2), "final_pass_s": round(passed_s, 2), "final_pass_clips": passed_offline,
+        "largest_batch": max(batches), "accuracy": accuracy, "final_cost": final_cost, "step_compute": compute,
     }
     if args.json:
         json.dump(report, sys.stdout, indent=2)
@@ -181,13 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     out(f"model {report['model']} ({report['dtype']}), {len(clips)} clips, {report['audio_s']} s of audio, "
           f"left/chunk/right {config.left_s}/{config.chunk_s}/{config.right_s} s, "
           f"threads {torch.get_num_threads()}")
-    out("| split | clips | words | offline WER % | streamed WER % | streamed vs offline: ins / del / sub |")
-    out("|---|---|---|---|---|---|")
+    out("| split | clips | words | offline WER % | streamed finals WER % | final pass WER % | "
+        "streamed vs offline: ins / del / sub |")
+    out("|---|---|---|---|---|---|---|")
     for split, row in accuracy.items():
         s = row["streamed_vs_offline"]
         out(f"| {split} | {row['clips']} | {row['words']} | {row['offline_wer']} | {row['streamed_wer']} | "
-              f"{s['ins']} / {s['del']} / {s['sub']} |")
-    out(f"offline pass {offline_s:.2f} s; streamed (all clips, largest batch {max(batches)}) {streamed_s:.2f} s")
+            f"{row['final_pass_wer']} | {s['ins']} / {s['del']} / {s['sub']} |")
+    out(f"offline pass {offline_s:.2f} s; streamed (all clips, largest batch {max(batches)}) {streamed_s:.2f} s; "
+        f"with the final pass {passed_s:.2f} s ({passed_offline} of {len(clips)} finals offline)")
+    out("| utterance | clips | finalize, streamed tail: median ms | finalize, final pass: median ms |")
+    out("|---|---|---|---|")
+    for span, row in final_cost.items():
+        out(f"| {span} | {row['clips']} | {row['streamed_tail_ms']} | {row['final_pass_ms']} |")
     out("| batch | median ms/step | p90 ms/step | ms per stream | streams held in real time |")
     out("|---|---|---|---|---|")
     for batch, row in compute.items():

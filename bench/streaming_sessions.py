@@ -37,7 +37,10 @@ import numpy as np
 import torch
 from websockets.asyncio.client import connect
 
+from audio_utils import pcm16_to_float32
 from bench.common import machine_info, out, quiet_nemo
+from client import pcm16
+from streaming import StreamingConfig
 
 RATE = 16_000
 FRAME_S = 0.02
@@ -46,9 +49,9 @@ CLIENT_VAD_WAIT_S = 0.2
 GAP_NOISE_DBFS = -60.0
 
 
-def pcm16(audio: np.ndarray) -> np.ndarray:
+def as_received(audio: np.ndarray) -> np.ndarray:
     """What the server decodes from the client's PCM16 frames (as sent below)."""
-    return (np.clip(audio, -1, 1) * 32767).astype("<i2").astype(np.float32) / 32768.0
+    return pcm16_to_float32(pcm16(audio))
 
 
 def utterance_segments(audio: np.ndarray, speech_ends: list[float]) -> list[np.ndarray]:
@@ -132,7 +135,7 @@ async def run_client(url: str, audio: np.ndarray, speech_ends: list[float], dela
         for k, start in enumerate(range(0, len(audio), step)):
             due = t0 + k * FRAME_S
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            await ws.send((np.clip(audio[start : start + step], -1, 1) * 32767).astype("<i2").tobytes())  # = pcm16()
+            await ws.send(pcm16(audio[start : start + step]))
             sent_s = (start + step) / RATE
             if pending_ends and sent_s >= pending_ends[0] + CLIENT_VAD_WAIT_S:
                 pending_ends.pop(0)
@@ -189,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--left-s", type=float, default=4.0)
     parser.add_argument("--chunk-s", type=float, default=0.96)
     parser.add_argument("--right-s", type=float, default=0.96)
+    parser.add_argument("--final-pass-max-s", type=float, default=StreamingConfig.final_pass_max_s,
+                        help="offline final pass for utterances up to this long (0: streamed finals)")
     parser.add_argument("--step-budget-ms", type=float, default=None,
                         help="longest streaming forward (0: every session in one forward; default: the engine's)")
     parser.add_argument("--max-lag-s", type=float, default=1.0)
@@ -203,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     from asr_engine import EngineOptions, ParakeetEngine
     from model_loader import load_model
     from settings import Settings
-    from streaming import StreamingConfig
     from testmodel.heldout import MODEL_PATH, load_heldout, wer
     from websocket_handler import ServerLimits, ServerThread, StreamServer
 
@@ -216,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             model_path = build_full_nemo(Path(tmp))
         settings = replace(Settings(), model=str(model_path), dtype=args.dtype, ws_host="127.0.0.1", ws_port=0)
         loaded = load_model(settings)
-        config = StreamingConfig(left_s=args.left_s, chunk_s=args.chunk_s, right_s=args.right_s)
+        config = StreamingConfig(left_s=args.left_s, chunk_s=args.chunk_s, right_s=args.right_s,
+                                 final_pass_max_s=args.final_pass_max_s)
         if args.step_budget_ms is None:
             args.step_budget_ms = EngineOptions().stream_step_budget_s * 1000
         engine = ParakeetEngine(loaded, EngineOptions(streaming=config,
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             results, plans = asyncio.run(run_sessions(server, n, args.seconds, clips, args.seed + n))
             used = [u for u, _ in plans]
             offline = [" ".join(t.text for t in engine.recognizer.transcribe(
-                [pcm16(seg) for seg in segs]) if t.text)
+                [as_received(seg) for seg in segs]) if t.text)
                 for _, segs in plans]
             row = {"sessions": n, **summarize(results, used, offline, wer, args.max_lag_s)}
             steps = engine.streams.steps - steps0

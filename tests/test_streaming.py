@@ -3,7 +3,9 @@
 The properties a live client would notice: chunk seams neither drop nor duplicate words (chunked decoding with
 the carried decoder state is exactly one-shot decoding; with whole-clip windows streaming *is* offline), the
 streamed final text is as accurate as offline, batching streams of different ages changes nothing, and the last
-word survives a clip that ends right after speech.
+word survives a clip that ends right after speech. Those tests stream the final too (``final_pass_max_s=0``):
+they judge the chunked algorithm. The final pass (an offline pass over the utterance at its end, the default) has
+tests of its own at the end.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import pytest
 import torch
 
 from bench.streaming_accuracy import stream_staggered
-from errors import EngineOverloadedError
+from errors import EngineOverloadedError, InputError
 from inference import SAMPLE_RATE_HZ
+from settings import Settings
 from streaming import (
     StreamBacklogError,
     StreamingConfig,
@@ -26,8 +29,17 @@ from streaming import (
 TICK_S = 0.02  # clients send 20 ms frames
 
 
+STREAMED_FINALS = {"final_pass_max_s": 0.0}  # finals decoded from the streamed chunks too
+
+
 @pytest.fixture(scope="module")
 def streamer(recognizer) -> StreamingRecognizer:
+    return StreamingRecognizer(recognizer, StreamingConfig(**STREAMED_FINALS))
+
+
+@pytest.fixture(scope="module")
+def final_pass(recognizer) -> StreamingRecognizer:
+    """The default configuration: finals are one offline pass over the utterance."""
     return StreamingRecognizer(recognizer)
 
 
@@ -87,7 +99,8 @@ def test_chunked_decoding_with_carried_state_is_token_identical(streamer, recogn
 # --- streaming against offline ------------------------------------------------------------------------------------
 def test_window_covering_the_whole_clip_equals_offline(recognizer, heldout_clips) -> None:
     whole_clip = StreamingRecognizer(recognizer, StreamingConfig(left_s=24.0, chunk_s=0.96, right_s=24.0,
-                                                                  final_pad_s=0.0, max_backlog_s=60.0))
+                                                                  final_pad_s=0.0, max_backlog_s=60.0,
+                                                                  **STREAMED_FINALS))
     clips = sorted(_spread(heldout_clips, 6), key=lambda c: c.seconds)[2:4]  # two of middling length
     alone = recognizer.transcribe([clips[0].audio], timestamps=True)[0]
     live = stream_whole(whole_clip, clips[0].audio)  # pushed as a live client would
@@ -108,7 +121,8 @@ def test_window_covering_the_whole_clip_equals_offline(recognizer, heldout_clips
 def test_every_frame_a_seam_still_equals_offline(recognizer, heldout_clips) -> None:
     """Chunks of one encoder frame: a word dropped or repeated at any seam would show."""
     tiny = StreamingRecognizer(recognizer, StreamingConfig(left_s=4.0, chunk_s=0.08, right_s=4.0,
-                                                            final_pad_s=0.0, max_backlog_s=10.0))
+                                                            final_pad_s=0.0, max_backlog_s=10.0,
+                                                            **STREAMED_FINALS))
     clip = min((c for c in heldout_clips if len(c.text.split()) >= 4), key=lambda c: c.seconds)
     assert stream_whole(tiny, clip.audio).committed_text == recognizer.transcribe([clip.audio])[0].text
 
@@ -162,7 +176,7 @@ def test_words_come_once_in_order_with_absolute_times(streamer, heldout_clips) -
 
 
 def test_draft_never_changes_the_committed_result(recognizer, streamer, heldout_clips) -> None:
-    no_draft = StreamingRecognizer(recognizer, StreamingConfig(draft=False))
+    no_draft = StreamingRecognizer(recognizer, StreamingConfig(draft=False, **STREAMED_FINALS))
     for clip in _spread(heldout_clips, 2):
         with_draft = stream_whole(streamer, clip.audio)
         without = stream_whole(no_draft, clip.audio)
@@ -218,3 +232,69 @@ def test_model_is_left_unchanged(recognizer, streamer, heldout_clips) -> None:
     stream_whole(streamer, heldout_clips[0].audio)
     assert not model.encoder.training and not model.decoder.training and not model.joint.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# --- the final pass -----------------------------------------------------------------------------------------------
+def test_final_pass_is_the_offline_transcript_of_the_utterance(final_pass, recognizer, heldout_clips) -> None:
+    clips = _spread(heldout_clips, 6)
+    offline = recognizer.transcribe([c.audio for c in clips], timestamps=True)
+    for clip in clips[:2]:  # alone, pushed as a live client would, 100 s into a session
+        # (offline alone too: NeMo's batched TDT decoding records exact durations only at batch size 1)
+        expected = recognizer.transcribe([clip.audio], timestamps=True)[0]
+        state = final_pass.new_stream(offset_s=100.0)
+        piece = int(TICK_S * SAMPLE_RATE_HZ)
+        partial_words = []
+        for start in range(0, clip.audio.shape[0], piece):
+            final_pass.accept(state, clip.audio[start : start + piece])
+            if final_pass.ready(state):
+                partial_words = list(final_pass.step([state])[0].words)
+        (final,) = final_pass.finalize([state])
+        assert final.final and final.source == "offline" and final.committed_text == expected.text
+        assert [w.word for w in final.words] == [w.word for w in expected.words]
+        shifted = [t - 100.0 for w in final.words for t in (w.start, w.end)]
+        assert shifted == pytest.approx([t for w in expected.words for t in (w.start, w.end)], abs=1e-3)
+        assert final.new_words == final.words and not state.kept, "the kept audio is released"
+        assert partial_words, "partials were streamed before the final"
+    # streams of different ages finalising together: one batched pass, each the offline text of its own audio
+    results, batches = stream_staggered(final_pass, [c.audio for c in clips], [0.37 * i for i in range(len(clips))])
+    assert [r.committed_text for r in results] == [t.text for t in offline]
+    assert all(r.source == "offline" for r in results) and max(batches) >= 3
+
+
+def test_final_pass_brings_streamed_finals_to_offline_accuracy(final_pass, streamer, recognizer, heldout_clips,
+                                                               wer_of, record_property) -> None:
+    clips = _spread(heldout_clips, 24)
+    refs = [c.text for c in clips]
+    offline = wer_of([t.text for t in recognizer.transcribe([c.audio for c in clips])], refs)
+    starts = [0.37 * i for i in range(len(clips))]
+    chunked = wer_of([r.committed_text for r in stream_staggered(streamer, [c.audio for c in clips], starts)[0]], refs)
+    passed = wer_of([r.committed_text for r in stream_staggered(final_pass, [c.audio for c in clips], starts)[0]], refs)
+    record_property("final_pass_wer", f"offline {offline.wer_percent:.2f} %, streamed finals {chunked.wer_percent:.2f}"
+                                      f" %, final pass {passed.wer_percent:.2f} % ({offline.words} words)")
+    assert passed.wer_percent == pytest.approx(offline.wer_percent)
+
+
+def test_final_pass_is_skipped_when_asked_or_when_the_utterance_is_too_long(recognizer, heldout_clips) -> None:
+    short = StreamingRecognizer(recognizer, StreamingConfig(final_pass_max_s=3.0))
+    long_clip = next(c for c in heldout_clips if c.seconds > 6.0)
+    state = short.new_stream()
+    for start in range(0, long_clip.audio.shape[0], 16000):
+        short.accept(state, long_clip.audio[start : start + 16000])
+        while short.ready(state):
+            short.step([state])
+        assert sum(k.shape[0] for k in state.kept) <= 3.0 * SAMPLE_RATE_HZ, "audio kept past final_pass_max_s"
+    assert not state.final_pass and not state.kept
+    (final,) = short.finalize([state])
+    assert final.source == "stream" and final.committed_text
+    opted_out = short.new_stream(final_pass=False)
+    short.accept(opted_out, heldout_clips[0].audio[: 2 * SAMPLE_RATE_HZ])
+    assert not opted_out.kept
+    assert short.finalize([opted_out])[0].source == "stream"
+    assert not StreamingRecognizer(recognizer, StreamingConfig(**STREAMED_FINALS)).new_stream().final_pass
+    with pytest.raises(ValueError, match="final_pass_max_s"):
+        StreamingConfig(final_pass_max_s=-1.0)
+    env = "PARAKEET_STREAM_FINAL_PASS_MAX_S"
+    assert Settings.from_env({env: "0"}).engine_options().streaming.final_pass_max_s == 0.0
+    assert Settings().engine_options().streaming.final_pass_max_s == StreamingConfig().final_pass_max_s == 20.0
+    with pytest.raises(InputError, match="final_pass_max_s"):
+        Settings.from_env({env: "-5"})

@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from asr_engine import EngineOptions, ParakeetEngine
+from client import pcm16
 from settings import Settings
 from tests.streams import streamed_alone
 from websocket_handler import ServerLimits, StreamServer
@@ -47,10 +48,6 @@ async def server(engine) -> AsyncIterator[StreamServer]:
 
 def url(server: StreamServer, token: str | None = TOKEN) -> str:
     return f"ws://127.0.0.1:{server.port}/" + (f"?token={token}" if token is not None else "")
-
-
-def pcm16(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 async def recv(ws: ClientConnection, timeout: float = 30.0) -> dict:
@@ -116,11 +113,24 @@ async def test_seed_client_flow_gives_the_streaming_transcript(server, engine, h
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     ends = [m["committed_until"] for m in partials]
     assert ends == sorted(ends)
-    for m in partials:  # the committed part of a partial is a prefix of every later result
-        assert expected.startswith(m["committed_text"])
+    for earlier, later in zip(partials, partials[1:]):  # a partial's committed part is a prefix of later partials
+        assert later["committed_text"].startswith(earlier["committed_text"])
+    assert finals[0]["final_source"] == "offline" and start["final_pass"] is True  # the final: one offline pass
     assert stopped["audio_seconds"] == pytest.approx(len(clip.audio) / 16000, abs=0.02)
     await ws.wait_closed()
     assert ws.close_code == 1000
+
+
+async def test_streamed_finals_keep_every_committed_word(server, engine, heldout_clips) -> None:
+    """``"final_pass": false``: the final comes from the streamed chunks, so committed words are never revised."""
+    clip = max(heldout_clips[:8], key=lambda c: c.seconds)
+    ws = await started(server, endpointing=False, final_pass=False)
+    await send_audio(ws, clip.audio, realtime=True)
+    messages, stopped = await run_to_stop(ws)
+    (final,) = [m for m in messages if m["type"] == "transcription" and m["is_final"]]
+    committed = [m["committed_text"] for m in messages if m["type"] == "transcription" and not m["is_final"]]
+    assert final["final_source"] == "stream" and any(committed) and final["text"]
+    assert all(final["text"].startswith(c) for c in committed), (final["text"], committed)
 
 
 async def test_finalize_answers_with_a_final_marked_as_such_and_the_session_goes_on(server, heldout_clips) -> None:
@@ -299,6 +309,7 @@ BAD_TEXT = [
     ('{"action": "start", "volume": 3}', "bad_message"),
     ('{"action": "start", "encoding": "opus"}', "bad_message"),
     ('{"action": "start", "timestamps": "yes"}', "bad_message"),
+    ('{"action": "start", "final_pass": "no"}', "bad_message"),
     ('{"action": "start", "endpoint_silence_ms": 5}', "bad_message"),
     ('{"action": "start", "chunk_duration": -1}', "bad_message"),
     ('{"action": "start", "language": 12}', "bad_message"),

@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from client import pcm16
 from tests.runpod_platform import FakeRunpodPlatform, JobState, WorkerProcess, started_worker
 from tests.test_worker import JOB_TIMEOUT_S, WORKER_ENV, flac_b64, result
 
@@ -29,10 +30,6 @@ def ready_of(platform: FakeRunpodPlatform, job_id: str) -> dict:
     updates = platform.wait_for_progress(
         job_id, lambda p: any(isinstance(u, dict) and u.get("status") == "ready" for u in p), JOB_TIMEOUT_S)
     return next(u for u in updates if isinstance(u, dict) and u.get("status") == "ready")
-
-
-def pcm16(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 async def stream_and_stop(ws_url: str, audio: np.ndarray, during=None) -> dict:
