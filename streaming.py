@@ -27,8 +27,9 @@ Exactness (checked by ``tests/test_streaming.py``):
 The final pass: a stream keeps the audio of its utterance (up to ``final_pass_max_s``) and :meth:`finalize`
 transcribes it in one offline pass (full context, batched over the streams finalising together) instead of
 flushing the tail chunk by chunk. The final is then exactly the offline transcript of the utterance's audio — the
-streamed chunks lose accuracy for want of right context — and costs one forward over the utterance, about what the
-tail's [left | rest | padding] window costs for utterances of a few seconds. The final may therefore revise words
+streamed chunks lose accuracy for want of right context — and costs one encoder forward and one decoding over the
+whole utterance, so it grows with the utterance where the streamed tail costs one window whatever the length
+(measured in docs/BENCHMARKS.md, "The final pass"). The final may therefore revise words
 that partials had committed (``StepResult.source == "offline"``); streams created with ``final_pass=False``, and
 utterances longer than ``final_pass_max_s`` (whose audio is not kept), get the streamed final.
 

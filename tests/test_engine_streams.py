@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -81,8 +82,21 @@ def test_finalize_on_an_empty_stream_answers_and_the_stream_goes_on(engine, held
     handle.finalize()
     second = until(events, "final")[-1]
     assert second.utterance == 1 and second.result.committed_text == streamed_alone(engine, heldout_clips[3].audio)
+    assert second.result.source == "offline"  # the default: finals are one offline pass over the utterance
     handle.abort()
     until(events, "closed")
+
+
+def test_a_stream_that_opts_out_of_the_final_pass_keeps_it_off_for_every_utterance(engine, heldout_clips) -> None:
+    events, put = collect()
+    handle = engine.open_stream(put, replace(NO_VAD, final_pass=False))
+    for clip in heldout_clips[4:6]:
+        handle.push(clip.audio)
+        handle.finalize()
+    handle.stop()
+    finals = [e for e in until(events, "closed") if e.kind == "final"]
+    assert [f.utterance for f in finals] == [0, 1] and all(f.result.committed_text for f in finals)
+    assert [f.result.source for f in finals] == ["stream", "stream"]
 
 
 def test_closed_stream_refuses_audio(engine) -> None:
