@@ -14,7 +14,8 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,24 @@ def segments_from_words(words: Sequence[WordTiming]) -> tuple[SegmentTiming, ...
 
 
 
+@contextmanager
+def native_rnn_kernels(device: torch.device) -> Iterator[None]:
+    """On CPU, run the block with oneDNN (mkldnn) off, so the TDT prediction network's LSTM uses PyTorch's native
+    kernel. Greedy TDT decoding calls the LSTM one label at a time (batch x 1 step), and oneDNN's RNN primitive costs
+    far more per such call than the native one: measured on 2 cores, decoding 74 frames takes 99 -> 74 ms for the
+    test model and 264 -> 68 ms for the full-size one (docs/BENCHMARKS.md, "Decoder kernels"). The encoder keeps
+    oneDNN, where its convolutions are twice as fast. The flag is process-wide, so this belongs on the engine's one
+    compute thread; it is restored on exit. No-op on other devices."""
+    if device.type != "cpu" or not torch.backends.mkldnn.enabled:
+        yield
+        return
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = True
+
+
 class Recognizer:
     """Owns the model's inference path; call only from one thread at a time."""
 
@@ -123,8 +142,9 @@ class Recognizer:
         decoding = self._decoding_timestamps if timestamps else self._decoding_plain
         # Without return_hypotheses=True NeMo rebuilds bare Hypothesis(score, y_sequence, text) objects and the
         # timestamps it has just computed are dropped.
-        return decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len,
-                                                        return_hypotheses=True)
+        with native_rnn_kernels(self.device):
+            return decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len,
+                                                            return_hypotheses=True)
 
     def transcribe(self, audio: list[np.ndarray], timestamps: bool = False) -> list[Transcript]:
         if not audio:

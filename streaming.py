@@ -48,7 +48,7 @@ import torch
 from omegaconf import open_dict
 
 from errors import EngineOverloadedError
-from inference import SAMPLE_RATE_HZ, Recognizer, WordTiming
+from inference import SAMPLE_RATE_HZ, Recognizer, WordTiming, native_rnn_kernels
 
 ENCODER_FRAME_S = 0.08  # Parakeet: 10 ms feature hop x 8 subsampling
 SENTENCEPIECE_WORD_START = "\u2581"  # "▁" begins a new word in SentencePiece vocabularies
@@ -380,7 +380,8 @@ class StreamingRecognizer:
         prev = None
         if any(s is not None for s in decoder_states):
             prev = self.computer.merge_to_batched_state(list(decoder_states))
-        hyps, state = self.computer(encoded, lengths, prev)
+        with native_rnn_kernels(encoded.device):
+            hyps, state = self.computer(encoded, lengths, prev)
         items = self.computer.split_batched_state(state)[:batch]  # CUDA graphs may pad the batch
         counts = hyps.current_lengths[:batch].tolist()
         ids = hyps.transcript[:batch].tolist()

@@ -10,7 +10,9 @@ absolute real-time schedule (frame k leaves at t0 + k * 20 ms, never sleep-after
 offset so chunk boundaries of different clients do not line up. Its audio is held-out clips separated by 1.2 s
 of silence; 200 ms after each clip's speech ends it sends ``finalize`` (as a voice agent does when its own VAD
 fires) and measures the time to the final marked ``from_finalize``. Server endpointing is off so the finalize
-latency is measured alone.
+latency is measured alone. The clients run in a child process (``--clients in-process`` puts them on an event
+loop beside the server, as the first figures in docs/BENCHMARKS.md were taken): on 2 cores they still take CPU
+time from the server, but no longer its interpreter lock.
 
 Reported per run: first-partial time (from the first frame sent), finalize → final latency, partial lag (arrival
 time minus the wall time at which the audio the partial covers was sent), backlog errors, and the WER of the
@@ -25,10 +27,12 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing
 import os
 import random
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -146,13 +150,30 @@ async def run_client(url: str, audio: np.ndarray, speech_ends: list[float], dela
     return res
 
 
-async def run_sessions(server: Any, sessions: int, seconds: float, clips: list[Any], seed: int
-                       ) -> tuple[list[ClientResult], list[list[Any]]]:
+async def run_clients(url: str, plans: list[tuple[np.ndarray, list[float], float]]) -> list[ClientResult]:
+    return list(await asyncio.gather(*(run_client(url, audio, ends, delay) for audio, ends, delay in plans)))
+
+
+def run_clients_blocking(url: str, plans: list[tuple[np.ndarray, list[float], float]]) -> list[ClientResult]:
+    """The clients on their own event loop (in whichever process calls this)."""
+    return asyncio.run(run_clients(url, plans))
+
+
+def run_sessions(server: Any, sessions: int, seconds: float, clips: list[Any], seed: int, clients_process: bool
+                 ) -> tuple[list[ClientResult], list[tuple[list[Any], list[np.ndarray]]]]:
+    """``sessions`` staggered clients against ``server``; with ``clients_process`` they run in a child process
+    (their Python then competes with the server for the cores but not for its interpreter lock, as remote
+    clients would not compete at all), otherwise on an event loop in this process."""
     rng = random.Random(seed)
     url = f"ws://127.0.0.1:{server.port}/?token=bench"
-    plans = [session_audio(clips, seconds, rng) for _ in range(sessions)]
-    results = await asyncio.gather(*(run_client(url, a, e, rng.uniform(0, 1.0)) for a, e, _ in plans))
-    return list(results), [(used, utterance_segments(a, e)) for a, e, used in plans]
+    audio_plans = [session_audio(clips, seconds, rng) for _ in range(sessions)]
+    plans = [(audio, ends, rng.uniform(0, 1.0)) for audio, ends, _ in audio_plans]
+    if clients_process:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = pool.submit(run_clients_blocking, url, plans).result()
+    else:
+        results = run_clients_blocking(url, plans)
+    return results, [(used, utterance_segments(a, e)) for a, e, used in audio_plans]
 
 
 def summarize(results: list[ClientResult], used: list[list[Any]], offline: list[str], wer_fn: Any,
@@ -198,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="longest streaming forward (0: every session in one forward; default: the engine's)")
     parser.add_argument("--max-lag-s", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clients", choices=["process", "in-process"], default="process",
+                        help="run the clients in a child process (default: the server's interpreter is its own) or "
+                        "on an event loop in the server's process (their Python then shares its interpreter lock)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -234,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for n in counts:
             steps0, secs0 = engine.streams.steps, engine.streams.step_seconds
-            results, plans = asyncio.run(run_sessions(server, n, args.seconds, clips, args.seed + n))
+            results, plans = run_sessions(server, n, args.seconds, clips, args.seed + n, args.clients == "process")
             used = [u for u, _ in plans]
             offline = [" ".join(t.text for t in engine.recognizer.transcribe(
                 [as_received(seg) for seg in segs]) if t.text)
@@ -249,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.capacity and not row["held"]:
                 break
         engine.close()
-    report = {"machine": machine_info(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "model": "full-size random" if args.full_size else "test model",
+    report = {"machine": machine_info(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+              "clients": args.clients, "model": "full-size random" if args.full_size else "test model",
               "dtype": str(loaded.dtype).replace("torch.", ""),
               "config": asdict(config), "step_budget_ms": args.step_budget_ms, "seconds_per_session": args.seconds, "rows": rows,
               "sessions_held": max([r["sessions"] for r in rows if r["held"]], default=0)}
