@@ -7,9 +7,11 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from asr_engine import EngineOptions, ParakeetEngine, TranscribeOptions
 from errors import AudioTooLongError, EmptyAudioError, EngineClosedError, InputError
+from inference import native_rnn_kernels
 from testmodel.evaluate import LONG, documented_wer
 from testmodel.heldout import build_long_audio
 
@@ -94,6 +96,26 @@ def test_attention_is_restored_when_the_local_pass_fails(engine) -> None:
         assert engine.loaded.model.encoder.self_attention_model == "rel_pos_local_attn"
         raise RuntimeError("boom")
     assert _encoder_state(engine)[0] == "rel_pos"
+
+
+def test_native_rnn_kernels_cover_decoding_only_and_are_restored(recognizer, heldout_clips) -> None:
+    """oneDNN goes off for the TDT decoder's LSTM (bench/decoder_kernels.py) and comes back on afterwards, also when
+    the block fails, so the encoder's convolutions keep it; the transcript is the same as with oneDNN."""
+    assert torch.backends.mkldnn.enabled
+    with native_rnn_kernels(torch.device("cpu")):
+        assert not torch.backends.mkldnn.enabled
+    with pytest.raises(RuntimeError, match="boom"), native_rnn_kernels(torch.device("cpu")):
+        raise RuntimeError("boom")
+    assert torch.backends.mkldnn.enabled
+    clip = heldout_clips[0].audio
+    enc, enc_len = recognizer.encode([clip])
+    native = recognizer.decode(enc, enc_len, timestamps=True)[0]
+    assert torch.backends.mkldnn.enabled
+    computer = recognizer._decoding_plain.decoding.decoding_computer  # NeMo as is: oneDNN's LSTM
+    with torch.inference_mode():
+        hyps = computer(enc.transpose(1, 2), enc_len, None)[0]
+    onednn = hyps.transcript[0, : int(hyps.current_lengths[0])].tolist()
+    assert native.y_sequence.tolist() == onednn and native.text
 
 
 @pytest.mark.parametrize(
