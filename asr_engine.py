@@ -73,6 +73,9 @@ class EngineOptions:
     # Seconds one streaming forward may take: more ready streams are split into several forwards, so a client's
     # finalize waits for at most one of them (0: one forward for all). See engine_streams.
     stream_step_budget_s: float = 0.05
+    # Silence after speech after which a stream's final pass runs ahead of its end (engine_streams: early final
+    # pass); 0: finals are computed when the utterance ends.
+    stream_early_final_s: float = 0.32
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
 
@@ -195,7 +198,8 @@ class ParakeetEngine:
         self._poke_pending = threading.Event()
         self.streamer = StreamingRecognizer(self.recognizer, self.options.streaming)
         self.streams = StreamManager(self.streamer, self._poke, max_stream_batch=self.options.max_stream_batch,
-                                     step_budget_s=self.options.stream_step_budget_s)
+                                     step_budget_s=self.options.stream_step_budget_s,
+                                     early_final_s=self.options.stream_early_final_s)
         self.warmup_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="parakeet-engine", daemon=True)
         self._thread.start()

@@ -7,8 +7,17 @@ through each stream's ``on_event`` callback, called on the worker thread (it mus
 with ``loop.call_soon_threadsafe``).
 
 Per service call: drain inboxes → VAD over the new audio (all streams batched) → finals for the streams that hit an
-endpoint or asked for one (one batched flush) → partial steps for every stream with a chunk ready (one batched
-forward per round).
+endpoint or asked for one (one batched flush) → early final passes for the streams whose speaker just paused →
+partial steps for every stream with a chunk ready (one batched forward per round).
+
+Early final pass: a final is by default one offline pass over the utterance (streaming.py, "final pass"), which
+on a CPU costs more than the rest of a final. Once a stream's VAD has heard ``early_final_s`` of silence after
+speech, that pass runs right away (batched over the streams that paused together) and its transcript is kept; when
+the utterance then ends — the client's ``finalize``/``stop`` or the server's endpoint — with no voiced VAD frame
+since, the kept transcript is the final and nothing is left to compute. Any voice after the pause discards it (the
+final is then computed at the end as usual), so a final never misses speech the VAD heard; the price is the passes
+wasted on pauses the speaker talks through. Streams with a final pass get the VAD for this even when server
+endpointing is off (it then never cuts utterances).
 
 Steps are cut into groups whose forward fits ``step_budget_s`` (from a running estimate of the seconds one window
 costs), and a client's ``finalize``/``stop`` waiting in an inbox ends the round early: a final waits for at most
@@ -31,12 +40,22 @@ import numpy as np
 from errors import EngineClosedError
 from inference import SAMPLE_RATE_HZ
 from streaming import StepResult, StreamBacklogError, StreamingRecognizer, StreamState
-from vad import BatchedVad, EndpointConfig, VadStream
+from vad import BatchedVad, EndpointConfig, VadStream, VadUnavailableError
 
 logger = logging.getLogger(__name__)
 
 EventKind = Literal["partial", "final", "closed", "error"]
 FinalReason = Literal["endpoint", "finalize", "stop"]
+
+
+def early_pass_due(vad: VadStream, speech_at_last_pass: int, early_final_s: float) -> bool:
+    """The early final pass is due: speech since the last one, then ``early_final_s`` of clear silence."""
+    return vad.quiet_run_s >= early_final_s - 1e-9 and vad.speech_frames != speech_at_last_pass
+
+
+def early_pass_stale(vad: VadStream, voiced_at_pass: int) -> bool:
+    """Any voice (a frame not clearly silent) since the early pass: the final must hear it."""
+    return vad.voiced_frames != voiced_at_pass
 
 
 @dataclass(frozen=True)
@@ -138,8 +157,11 @@ class _Live:
     on_event: EventCallback
     state: StreamState
     vad: VadStream | None
+    endpointing: bool  # the VAD ends utterances (else it only times early final passes, or is None)
     utterance: int = 0
     samples_before: int = 0  # samples of the earlier (finished) utterances
+    early_speech: int = 0  # the VAD's speech-frame count when the stream's last early final pass ran ...
+    early_voiced: int = 0  # ... and its voiced-frame count (any voice since discards the pass)
     last_step: float = 0.0  # monotonic time of its last step: the longest-waiting streams step first
 
 
@@ -147,12 +169,14 @@ class StreamManager:
     """Owned by the engine: registry of live streams and the per-iteration streaming work."""
 
     def __init__(self, streamer: StreamingRecognizer, poke: Callable[[], None], max_stream_batch: int = 32,
-                 step_budget_s: float = 0.05) -> None:
+                 step_budget_s: float = 0.05, early_final_s: float = 0.32) -> None:
         self.streamer = streamer
         self.poke = poke
         self.max_stream_batch = max_stream_batch
         self.step_budget_s = step_budget_s  # 0: no budget, every ready stream (up to max_stream_batch) in one forward
+        self.early_final_s = early_final_s  # silence after which the final pass runs early (0: never)
         self._window_cost_s: float | None = None  # running estimate: seconds of forward per stream window
+        self._pass_cost_s: float | None = None  # running estimate: seconds of early final pass per audio second
         self.max_backlog_samples = streamer.max_backlog_samples
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
@@ -160,17 +184,26 @@ class StreamManager:
         self._vad: BatchedVad | None = None
         self.steps = 0
         self.step_seconds = 0.0
+        self.early_passes = 0  # early final passes run ...
+        self.early_used = 0  # ... and those that became a final
 
     # --- any thread -----------------------------------------------------------------------------------------------
     def open(self, on_event: EventCallback, options: StreamOptions | None = None,
              stream_id: str | None = None) -> StreamHandle:
         opts = options or StreamOptions()
-        if opts.endpointing and self._vad is None:
-            self._vad = BatchedVad()  # loads silero's ONNX model once (a few ms); raises when it is missing
         sid = stream_id or f"s{next(self._ids)}"
+        state = self.streamer.new_stream(sid, final_pass=opts.final_pass)
+        early = self.early_final_s > 0 and state.final_pass
+        if (opts.endpointing or early) and self._vad is None:
+            try:
+                self._vad = BatchedVad()  # loads silero's ONNX model once (a few ms); raises when it is missing
+            except VadUnavailableError:
+                if opts.endpointing:
+                    raise
+                early = False  # no VAD: finals are computed at the end, as without early passes
         handle = StreamHandle(self, sid, opts)
-        live = _Live(handle=handle, on_event=on_event, state=self.streamer.new_stream(sid, final_pass=opts.final_pass),
-                     vad=self._vad.new_stream(opts.endpoint) if opts.endpointing and self._vad else None)
+        vad = self._vad.new_stream(opts.endpoint) if (opts.endpointing or early) and self._vad else None
+        live = _Live(handle=handle, on_event=on_event, state=state, vad=vad, endpointing=opts.endpointing)
         with self._lock:
             if sid in self._live:
                 raise ValueError(f"a stream with id {sid!r} is already open")
@@ -208,7 +241,10 @@ class StreamManager:
         if with_vad:
             assert self._vad is not None
             found = self._vad.process([lv.vad for lv, _ in with_vad], [a for _, a in with_vad])  # type: ignore[misc]
-            cuts = {id(lv): c for (lv, _), c in zip(with_vad, found)}
+            cuts = {id(lv): c for (lv, _), c in zip(with_vad, found) if lv.endpointing}
+            for live, _ in with_vad:  # voice after an early final pass: the final must hear it
+                if live.state.early is not None and early_pass_stale(live.vad, live.early_voiced):  # type: ignore[arg-type]
+                    self.streamer.discard_early(live.state)
         for live, audio, finalize_at, stop in takes:
             # Utterance ends in audio order: VAD endpoints and client finalizes (each at the position in the audio
             # where it was asked), then stop after everything.
@@ -240,6 +276,7 @@ class StreamManager:
                     finals.append((live, ends))
             if finals:
                 self._flush(finals)
+        self._early_finals()
         more = False
         for _ in range(max_rounds):
             with self._lock:
@@ -258,6 +295,41 @@ class StreamManager:
             with self._lock:
                 more = any(self.streamer.ready(lv.state) for lv in self._live.values() if not lv.state.ended)
         return more
+
+    def _early_finals(self) -> None:
+        """Run the final pass now for the streams whose speaker has paused for ``early_final_s`` after speech
+        heard since their last early pass: batched in groups that fit the step budget by a running estimate of
+        the pass's cost per second of audio, and cut short when a client's final is waiting (the streams left
+        over are taken on the next call)."""
+        if self.early_final_s <= 0:
+            return
+        with self._lock:
+            paused = [lv for lv in self._live.values() if lv.vad is not None
+                      and early_pass_due(lv.vad, lv.early_speech, self.early_final_s)
+                      and lv.state.final_pass and lv.state.kept and not lv.state.ended]
+        while paused:
+            group, budget = [paused.pop(0)], self.step_budget_s
+            if budget > 0 and self._pass_cost_s is not None:
+                spent = group[0].state.audio_s * self._pass_cost_s
+                while paused and spent + paused[0].state.audio_s * self._pass_cost_s <= budget:
+                    spent += paused[0].state.audio_s * self._pass_cost_s
+                    group.append(paused.pop(0))
+            elif budget <= 0:
+                group, paused = group + paused, []
+            started = time.monotonic()
+            try:
+                self.early_passes += self.streamer.early_final_pass([lv.state for lv in group])
+            except Exception:  # not fatal: these finals will be computed at the end
+                logger.exception("early final pass failed for %d streams", len(group))
+                return
+            audio_s = sum(lv.state.audio_s for lv in group)
+            cost = (time.monotonic() - started) / max(audio_s, 1e-3)
+            self._pass_cost_s = cost if self._pass_cost_s is None else 0.8 * self._pass_cost_s + 0.2 * cost
+            for live in group:
+                live.early_speech = live.vad.speech_frames  # type: ignore[union-attr]
+                live.early_voiced = live.vad.voiced_frames  # type: ignore[union-attr]
+            if paused and self._final_waiting():
+                return
 
     def group_size(self) -> int:
         """Streams per forward: as many as fit the step budget by the running cost estimate."""
@@ -302,7 +374,9 @@ class StreamManager:
         # transcribe the flush padding alone, where a model may hallucinate a word).
         # Likewise when the VAD heard no speech since the last endpoint: nothing but silence is left to decode.
         work = [lv for lv, reason in finals if lv.state.received > 0
-                and (reason == "endpoint" or lv.vad is None or lv.vad.heard_speech or lv.state.words)]
+                and (reason == "endpoint" or not lv.endpointing or lv.vad is None or lv.vad.heard_speech
+                     or lv.state.words)]
+        self.early_used += sum(1 for lv in work if lv.state.early is not None)
         try:
             done = dict(zip((id(lv) for lv in work), self.streamer.finalize([lv.state for lv in work])))
             results = [done[id(lv)] if id(lv) in done else self.streamer.snapshot(lv.state) for lv, _ in finals]
@@ -326,6 +400,7 @@ class StreamManager:
                                                   final_pass=live.handle.options.final_pass)
             if live.vad is not None:
                 live.vad.reset_endpoint()
+                live.early_speech = live.vad.speech_frames  # that speech was the finished utterance's
 
     @staticmethod
     def _absolute(live: _Live, result: StepResult) -> StepResult:

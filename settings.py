@@ -59,6 +59,7 @@ class Settings:
     stream_right_s: float = 0.96  # PARAKEET_STREAM_RIGHT_S: lookahead after each chunk (80 ms multiple)
     stream_step_budget_ms: float = 50.0  # PARAKEET_STREAM_STEP_BUDGET_MS: longest streaming forward; 0 = no split
     stream_final_pass_max_s: float = 20.0  # PARAKEET_STREAM_FINAL_PASS_MAX_S: offline final for utterances this long; 0 = off
+    stream_early_final_s: float = 0.32  # PARAKEET_STREAM_EARLY_FINAL_S: pause that starts the final pass early; 0 = off
     runpod_public_ip: str = ""  # RUNPOD_PUBLIC_IP: set by RunPod when a TCP port is exposed
     runpod_tcp_port: int = 0  # RUNPOD_TCP_PORT_<ws_port>: the public port RunPod maps to ws_port
     # Observability
@@ -79,6 +80,7 @@ class Settings:
             streaming=StreamingConfig(left_s=self.stream_left_s, chunk_s=self.stream_chunk_s,
                                       right_s=self.stream_right_s, final_pass_max_s=self.stream_final_pass_max_s),
             stream_step_budget_s=self.stream_step_budget_ms / 1000,
+            stream_early_final_s=self.stream_early_final_s,
         )
 
     def audio_limits(self) -> AudioLimits:
@@ -115,7 +117,7 @@ class Settings:
             if getattr(settings, name) < 1:
                 raise InputError(f"{_ENV_NAMES[name]} must be at least 1")
         for name in ("batch_wait_ms", "chunk_overlap_s", "full_attention_max_s", "cpu_threads",
-                     "stream_step_budget_ms"):
+                     "stream_step_budget_ms", "stream_early_final_s"):
             if getattr(settings, name) < 0:
                 raise InputError(f"{_ENV_NAMES[name]} must not be negative")
         for name in ("chunk_s", "max_audio_s", "download_timeout_s", "ws_idle_timeout_s", "ws_max_session_s"):
@@ -154,6 +156,7 @@ _ENV_NAMES = {
     "stream_right_s": "PARAKEET_STREAM_RIGHT_S",
     "stream_step_budget_ms": "PARAKEET_STREAM_STEP_BUDGET_MS",
     "stream_final_pass_max_s": "PARAKEET_STREAM_FINAL_PASS_MAX_S",
+    "stream_early_final_s": "PARAKEET_STREAM_EARLY_FINAL_S",
     "runpod_public_ip": "RUNPOD_PUBLIC_IP",
     "log_format": "PARAKEET_LOG_FORMAT",
     "metrics_file": "PARAKEET_METRICS_FILE",

@@ -33,6 +33,11 @@ whole utterance, so it grows with the utterance where the streamed tail costs on
 that partials had committed (``StepResult.source == "offline"``); streams created with ``final_pass=False``, and
 utterances longer than ``final_pass_max_s`` (whose audio is not kept), get the streamed final.
 
+An early final pass (:meth:`StreamingRecognizer.early_final_pass`) runs that offline pass before the stream ends —
+the engine does it once the speaker has paused — and keeps the transcript; if the stream then ends with nothing
+but silence after that point (the caller's judgement: it discards the pass with :meth:`discard_early` otherwise),
+the final is that transcript and costs nothing more at the end.
+
 Not thread-safe: call everything from one thread (the engine's worker). The model is never modified.
 """
 
@@ -48,7 +53,7 @@ import torch
 from omegaconf import open_dict
 
 from errors import EngineOverloadedError
-from inference import SAMPLE_RATE_HZ, Recognizer, WordTiming, native_rnn_kernels
+from inference import SAMPLE_RATE_HZ, Recognizer, Transcript, WordTiming, native_rnn_kernels
 
 ENCODER_FRAME_S = 0.08  # Parakeet: 10 ms feature hop x 8 subsampling
 SENTENCEPIECE_WORD_START = "\u2581"  # "▁" begins a new word in SentencePiece vocabularies
@@ -169,6 +174,7 @@ class StreamState:
     steps: int = 0
     final_pass: bool = True  # keep the utterance's audio for an offline final pass
     kept: list[np.ndarray] = field(default_factory=list, repr=False)  # the real audio so far, while final_pass
+    early: Transcript | None = field(default=None, repr=False)  # an early final pass (see early_final_pass)
 
     @property
     def pending_samples(self) -> int:
@@ -266,7 +272,7 @@ class StreamingRecognizer:
         self._append(state, samples)
         if state.final_pass:
             if state.audio_s > self.config.final_pass_max_s:  # too long for one pass: stream the final, free the copy
-                state.final_pass, state.kept = False, []
+                state.final_pass, state.kept, state.early = False, [], None
             elif samples.size:
                 state.kept.append(samples.copy())
 
@@ -343,18 +349,37 @@ class StreamingRecognizer:
                 latest[id(s)] = r
         return [replace(latest[id(s)], new_words=tuple(words[id(s)])) for s in states]
 
+    def early_final_pass(self, states: Sequence[StreamState]) -> int:
+        """Run the final pass now (batched) over the audio each stream has kept so far and keep the transcripts:
+        a stream that later ends with only silence after this point gets it as its final without another pass.
+        Streams that keep no audio (final pass off, too long, ended) are skipped. Returns how many ran."""
+        todo = [s for s in states if s.final_pass and s.kept and not s.ended]
+        if todo:
+            transcripts = self.recognizer.transcribe([np.concatenate(s.kept) for s in todo], timestamps=True)
+            for state, transcript in zip(todo, transcripts):
+                state.early = transcript
+        return len(todo)
+
+    def discard_early(self, state: StreamState) -> None:
+        """Forget the stream's early final pass (the speaker went on after it)."""
+        state.early = None
+
     def _final_pass(self, states: list[StreamState]) -> list[StepResult]:
-        """One batched offline transcription of each stream's kept audio; the streams are done afterwards."""
+        """One batched offline transcription of each stream's kept audio (or its early pass, when it has one);
+        the streams are done afterwards."""
         if not states:
             return []
-        transcripts = self.recognizer.transcribe([np.concatenate(s.kept) for s in states], timestamps=True)
+        late = [s for s in states if s.early is None]
+        fresh = dict(zip(map(id, late), self.recognizer.transcribe([np.concatenate(s.kept) for s in late],
+                                                                    timestamps=True) if late else []))
+        transcripts = [s.early if s.early is not None else fresh[id(s)] for s in states]
         results = []
         for state, transcript in zip(states, transcripts):
             shifted = tuple(WordTiming(w.word, round(w.start + state.offset_s, 3), round(w.end + state.offset_s, 3))
                             for w in transcript.words)
             state.words = list(shifted)
             state.committed_text = transcript.text.strip()
-            state.open_word, state.draft, state.kept = [], [], []
+            state.open_word, state.draft, state.kept, state.early = [], [], [], None
             state.consumed = state.received
             state.done, state.decoder_state = True, None
             end_s = self._end_s(state, state.received)

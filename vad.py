@@ -70,6 +70,10 @@ class VadStream:
     speech_run_s: float = 0.0
     silence_run_s: float = 0.0
     heard_speech: bool = False  # speech since the last endpoint (the utterance now open has some)
+    # Counters for the engine's early final pass (engine_streams), independent of the endpointer's state:
+    speech_frames: int = 0  # frames at or above threshold, ever
+    voiced_frames: int = 0  # frames not clearly silent (probability >= threshold - 0.15), ever: grows on any voice
+    quiet_run_s: float = 0.0  # clearly silent audio since the last frame that was not
     endpoint: bool = False  # set when an utterance just ended; the caller clears it with reset_endpoint()
 
     def reset_endpoint(self) -> None:
@@ -125,7 +129,13 @@ class BatchedVad:
     def _advance(s: VadStream, prob: float) -> bool:
         """One frame's probability into the endpointer; True when it ended an utterance."""
         cfg = s.config
+        if prob >= cfg.threshold - 0.15:
+            s.voiced_frames += 1
+            s.quiet_run_s = 0.0
+        else:
+            s.quiet_run_s += FRAME_S
         if prob >= cfg.threshold:
+            s.speech_frames += 1
             s.speech_run_s += FRAME_S
             s.silence_run_s = 0.0
             if not s.in_speech and s.speech_run_s >= cfg.min_speech_s:

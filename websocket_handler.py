@@ -431,6 +431,7 @@ class Session:
         self._send({"type": "started", "session_id": self.id, **asdict(self.started), "encoding": "pcm_s16le",
                     "chunk_duration": cfg.chunk_s, "left_context": cfg.left_s, "right_context": cfg.right_s,
                     "final_pass_max_s": cfg.final_pass_max_s,
+                    "early_final_s": self.server.engine.streams.early_final_s if self.started.final_pass else 0.0,
                     "requested_chunk_duration": chunk, "protocol": PROTOCOL_VERSION})
 
     def _on_audio(self, data: bytes) -> None:

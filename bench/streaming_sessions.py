@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from websockets.asyncio.client import connect
 
+from asr_engine import EngineOptions, ParakeetEngine
 from audio_utils import pcm16_to_float32
 from bench.common import machine_info, out, quiet_nemo
 from client import pcm16
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--right-s", type=float, default=0.96)
     parser.add_argument("--final-pass-max-s", type=float, default=StreamingConfig.final_pass_max_s,
                         help="offline final pass for utterances up to this long (0: streamed finals)")
+    parser.add_argument("--early-final-s", type=float, default=EngineOptions.stream_early_final_s,
+                        help="pause after which the final pass runs early (0: finals computed at the end)")
     parser.add_argument("--step-budget-ms", type=float, default=None,
                         help="longest streaming forward (0: every session in one forward; default: the engine's)")
     parser.add_argument("--max-lag-s", type=float, default=1.0)
@@ -229,7 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     quiet_nemo()
     torch.set_num_threads(args.threads)
 
-    from asr_engine import EngineOptions, ParakeetEngine
     from model_loader import load_model
     from settings import Settings
     from testmodel.heldout import MODEL_PATH, load_heldout, wer
@@ -249,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.step_budget_ms is None:
             args.step_budget_ms = EngineOptions().stream_step_budget_s * 1000
         engine = ParakeetEngine(loaded, EngineOptions(streaming=config,
-                                                      stream_step_budget_s=args.step_budget_ms / 1000))
+                                                      stream_step_budget_s=args.step_budget_ms / 1000,
+                                                      stream_early_final_s=args.early_final_s))
         engine.warmup()
         server = ServerThread(StreamServer(engine, settings, ServerLimits(max_sessions=256,
                                                                           idle_timeout_s=120))).start()
@@ -257,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = args.capacity or args.sessions
         rows = []
         for n in counts:
-            steps0, secs0 = engine.streams.steps, engine.streams.step_seconds
+            streams = engine.streams
+            steps0, secs0, early0, used0 = streams.steps, streams.step_seconds, streams.early_passes, streams.early_used
             results, plans = run_sessions(server, n, args.seconds, clips, args.seed + n, args.clients == "process")
             used = [u for u, _ in plans]
             offline = [" ".join(t.text for t in engine.recognizer.transcribe(
@@ -267,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             steps = engine.streams.steps - steps0
             row["engine_steps"] = steps
             row["ms_per_step"] = round((engine.streams.step_seconds - secs0) / max(1, steps) * 1000, 1)
+            row["early_final_passes"] = streams.early_passes - early0
+            row["early_finals_used"] = streams.early_used - used0
             rows.append(row)
             if not args.json:
                 out(json.dumps(row))
@@ -276,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": machine_info(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
               "clients": args.clients, "model": "full-size random" if args.full_size else "test model",
               "dtype": str(loaded.dtype).replace("torch.", ""),
-              "config": asdict(config), "step_budget_ms": args.step_budget_ms, "seconds_per_session": args.seconds, "rows": rows,
+              "config": asdict(config), "step_budget_ms": args.step_budget_ms,
+              "early_final_s": args.early_final_s, "seconds_per_session": args.seconds, "rows": rows,
               "sessions_held": max([r["sessions"] for r in rows if r["held"]], default=0)}
     out(json.dumps(report, indent=None if args.json else 2))
     return 0

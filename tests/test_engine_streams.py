@@ -12,7 +12,8 @@ import pytest
 
 from asr_engine import EngineOptions, ParakeetEngine, TranscribeOptions
 from engine_streams import StreamEvent, StreamManager, StreamOptions
-from errors import EngineClosedError
+from errors import EngineClosedError, InputError
+from settings import Settings
 from streaming import StreamingRecognizer
 from tests.streams import streamed_alone
 
@@ -97,6 +98,90 @@ def test_a_stream_that_opts_out_of_the_final_pass_keeps_it_off_for_every_utteran
     finals = [e for e in until(events, "closed") if e.kind == "final"]
     assert [f.utterance for f in finals] == [0, 1] and all(f.result.committed_text for f in finals)
     assert [f.result.source for f in finals] == ["stream", "stream"]
+
+
+def pause(seconds: float, seed: int = 0) -> np.ndarray:
+    """A microphone's noise floor (-60 dBFS), as between utterances."""
+    return (np.random.default_rng(seed).standard_normal(int(seconds * 16000)) * 1e-3).astype(np.float32)
+
+
+def wait_for(predicate: callable, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_an_early_final_pass_after_a_pause_becomes_the_final(engine, heldout_clips) -> None:
+    """The speaker pauses: the final pass runs then, and the later finalize costs nothing but returns it."""
+    assert engine.streams.early_final_s == EngineOptions().stream_early_final_s == 0.32
+    spoken = np.concatenate([heldout_clips[2].audio, pause(0.6)])
+    expected = engine.recognizer.transcribe([spoken], timestamps=True)[0]
+    passes, used = engine.streams.early_passes, engine.streams.early_used
+    events, put = collect()
+    handle = engine.open_stream(put, NO_VAD)  # client-driven finals: the VAD only times the early pass
+    handle.push(spoken)
+    wait_for(lambda: engine.streams.early_passes == passes + 1)
+    calls = []
+    transcribe = engine.recognizer.transcribe
+    engine.recognizer.transcribe = lambda audio, **kw: calls.append(len(audio)) or transcribe(audio, **kw)
+    try:
+        handle.push(pause(0.3, seed=1))  # more silence before the client's VAD fires
+        handle.finalize()
+        final = until(events, "final")[-1]
+    finally:
+        del engine.recognizer.transcribe  # the class's method again
+    assert engine.streams.early_used == used + 1 and calls == [], "the final was computed again at the end"
+    assert final.reason == "finalize" and final.result.source == "offline"
+    assert final.result.committed_text == expected.text.strip() and expected.text.strip()
+    assert [w.word for w in final.result.words] == [w.word for w in expected.words]
+    assert final.result.audio_end_s == pytest.approx(spoken.shape[0] / 16000 + 0.3, abs=0.01)  # all audio heard
+    handle.abort()
+
+
+def test_voice_after_the_early_pass_discards_it(engine, heldout_clips) -> None:
+    """Speech after the pause must be in the final: the early pass is thrown away, never returned short."""
+    first = np.concatenate([heldout_clips[3].audio, pause(0.6)])
+    more = heldout_clips[5].audio
+    expected = engine.recognizer.transcribe([np.concatenate([first, more])])[0].text.strip()
+    alone = engine.recognizer.transcribe([first])[0].text.strip()
+    passes = engine.streams.early_passes
+    events, put = collect()
+    handle = engine.open_stream(put, NO_VAD)
+    handle.push(first)
+    wait_for(lambda: engine.streams.early_passes == passes + 1)
+    handle.push(more)
+    handle.finalize()
+    final = until(events, "final")[-1]
+    assert final.result.committed_text == expected and len(expected.split()) > len(alone.split())
+    handle.abort()
+
+
+def test_no_early_pass_without_a_final_pass_or_when_switched_off(loaded_test_model, engine, heldout_clips) -> None:
+    spoken = np.concatenate([heldout_clips[2].audio, pause(0.6)])
+    passes = engine.streams.early_passes
+    events, put = collect()
+    handle = engine.open_stream(put, replace(NO_VAD, final_pass=False))
+    handle.push(spoken)
+    handle.finalize()
+    assert until(events, "final")[-1].result.source == "stream"
+    assert engine.streams.early_passes == passes
+    handle.abort()
+    off = ParakeetEngine(loaded_test_model, EngineOptions(stream_early_final_s=0.0))
+    try:
+        events, put = collect()
+        handle = off.open_stream(put, NO_VAD)
+        handle.push(spoken)
+        handle.finalize()
+        final = until(events, "final")[-1]
+        assert final.result.source == "offline" and off.streams.early_passes == 0
+    finally:
+        off.close()
+    env = "PARAKEET_STREAM_EARLY_FINAL_S"
+    assert Settings.from_env({env: "0"}).engine_options().stream_early_final_s == 0.0
+    assert Settings().engine_options().stream_early_final_s == 0.32
+    with pytest.raises(InputError, match=env):
+        Settings.from_env({env: "-1"})
 
 
 def test_closed_stream_refuses_audio(engine) -> None:

@@ -274,6 +274,28 @@ def test_final_pass_brings_streamed_finals_to_offline_accuracy(final_pass, strea
     assert passed.wer_percent == pytest.approx(offline.wer_percent)
 
 
+def test_an_early_final_pass_is_the_final_unless_discarded(final_pass, recognizer, heldout_clips) -> None:
+    """early_final_pass transcribes what was kept so far; finalize returns it as is (the caller judged the rest
+    silent), and after discard_early the final is computed over all the audio again."""
+    first, more = heldout_clips[1].audio, heldout_clips[2].audio
+    kept_then = final_pass.new_stream()
+    final_pass.accept(kept_then, first)
+    assert final_pass.early_final_pass([kept_then, final_pass.new_stream(final_pass=False)]) == 1
+    final_pass.accept(kept_then, more)
+    (early,) = final_pass.finalize([kept_then])
+    assert early.source == "offline" and early.committed_text == recognizer.transcribe([first])[0].text.strip()
+    assert early.audio_end_s == pytest.approx((first.shape[0] + more.shape[0]) / SAMPLE_RATE_HZ, abs=1e-3)
+    assert final_pass.early_final_pass([kept_then]) == 0  # ended: nothing to run
+    went_on = final_pass.new_stream()
+    final_pass.accept(went_on, first)
+    final_pass.early_final_pass([went_on])
+    final_pass.accept(went_on, more)
+    final_pass.discard_early(went_on)
+    (full,) = final_pass.finalize([went_on])
+    assert full.committed_text == recognizer.transcribe([np.concatenate([first, more])])[0].text.strip()
+    assert full.committed_text != early.committed_text
+
+
 def test_final_pass_is_skipped_when_asked_or_when_the_utterance_is_too_long(recognizer, heldout_clips) -> None:
     short = StreamingRecognizer(recognizer, StreamingConfig(final_pass_max_s=3.0))
     long_clip = next(c for c in heldout_clips if c.seconds > 6.0)

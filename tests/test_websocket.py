@@ -116,6 +116,7 @@ async def test_seed_client_flow_gives_the_streaming_transcript(server, engine, h
     for earlier, later in zip(partials, partials[1:]):  # a partial's committed part is a prefix of later partials
         assert later["committed_text"].startswith(earlier["committed_text"])
     assert finals[0]["final_source"] == "offline" and start["final_pass"] is True  # the final: one offline pass
+    assert start["early_final_s"] == engine.streams.early_final_s == 0.32
     assert stopped["audio_seconds"] == pytest.approx(len(clip.audio) / 16000, abs=0.02)
     await ws.wait_closed()
     assert ws.close_code == 1000
@@ -124,7 +125,11 @@ async def test_seed_client_flow_gives_the_streaming_transcript(server, engine, h
 async def test_streamed_finals_keep_every_committed_word(server, engine, heldout_clips) -> None:
     """``"final_pass": false``: the final comes from the streamed chunks, so committed words are never revised."""
     clip = max(heldout_clips[:8], key=lambda c: c.seconds)
-    ws = await started(server, endpointing=False, final_pass=False)
+    ws = await connect(url(server))
+    assert (await recv(ws))["type"] == "welcome"
+    await ws.send(json.dumps({"action": "start", "sample_rate": 16000, "endpointing": False, "final_pass": False}))
+    start = await recv(ws)
+    assert start["final_pass"] is False and start["early_final_s"] == 0.0  # no final pass: nothing to run early
     await send_audio(ws, clip.audio, realtime=True)
     messages, stopped = await run_to_stop(ws)
     (final,) = [m for m in messages if m["type"] == "transcription" and m["is_final"]]
