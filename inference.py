@@ -84,8 +84,9 @@ def segments_from_words(words: Sequence[WordTiming]) -> tuple[SegmentTiming, ...
 def native_rnn_kernels(device: torch.device) -> Iterator[None]:
     """On CPU, run the block with oneDNN (mkldnn) off, so the TDT prediction network's LSTM uses PyTorch's native
     kernel. Greedy TDT decoding calls the LSTM one label at a time (batch x 1 step), and oneDNN's RNN primitive costs
-    far more per such call than the native one: measured on 2 cores, decoding 74 frames takes 99 -> 74 ms for the
-    test model and 264 -> 68 ms for the full-size one (docs/BENCHMARKS.md, "Decoder kernels"). The encoder keeps
+    far more per such call than the native one (it re-packs the weights each time): on 2 cores, decoding one
+    5.92 s window alone takes 141 -> 91 ms with the test model and 259 -> 105 ms with the full-size one, same
+    tokens (docs/BENCHMARKS.md, "Decoder kernels"). The encoder keeps
     oneDNN, where its convolutions are twice as fast. The flag is process-wide, so this belongs on the engine's one
     compute thread; it is restored on exit. No-op on other devices."""
     if device.type != "cpu" or not torch.backends.mkldnn.enabled:
