@@ -316,6 +316,9 @@ class StreamManager:
                     group.append(paused.pop(0))
             elif budget <= 0:
                 group, paused = group + paused, []
+            for live in group:  # this pause is taken, whatever happens below (a failure is not retried per call)
+                live.early_speech = live.vad.speech_frames  # type: ignore[union-attr]
+                live.early_voiced = live.vad.voiced_frames  # type: ignore[union-attr]
             started = time.monotonic()
             try:
                 self.early_passes += self.streamer.early_final_pass([lv.state for lv in group])
@@ -325,9 +328,6 @@ class StreamManager:
             audio_s = sum(lv.state.audio_s for lv in group)
             cost = (time.monotonic() - started) / max(audio_s, 1e-3)
             self._pass_cost_s = cost if self._pass_cost_s is None else 0.8 * self._pass_cost_s + 0.2 * cost
-            for live in group:
-                live.early_speech = live.vad.speech_frames  # type: ignore[union-attr]
-                live.early_voiced = live.vad.voiced_frames  # type: ignore[union-attr]
             if paused and self._final_waiting():
                 return
 

@@ -157,6 +157,32 @@ def test_voice_after_the_early_pass_discards_it(engine, heldout_clips) -> None:
     handle.abort()
 
 
+def test_a_failing_early_pass_is_not_retried_and_the_final_is_computed_at_the_end(engine, heldout_clips) -> None:
+    spoken = np.concatenate([heldout_clips[2].audio, pause(0.6)])
+    expected = engine.recognizer.transcribe([np.concatenate([spoken, pause(0.3, seed=1)])])[0].text.strip()
+    calls = []
+
+    def broken(states):
+        calls.append(len(states))
+        raise RuntimeError("early pass broke")
+
+    engine.streamer.early_final_pass = broken
+    try:
+        events, put = collect()
+        handle = engine.open_stream(put, NO_VAD)
+        handle.push(spoken)
+        wait_for(lambda: calls)
+        for piece in np.split(pause(0.3, seed=1), 6):  # more silence, over several engine rounds: the same pause
+            handle.push(piece)
+            time.sleep(0.05)
+        handle.finalize()
+        final = until(events, "final")[-1]
+    finally:
+        del engine.streamer.early_final_pass
+    assert calls == [1] and final.result.committed_text == expected and expected
+    handle.abort()
+
+
 def test_no_early_pass_without_a_final_pass_or_when_switched_off(loaded_test_model, engine, heldout_clips) -> None:
     spoken = np.concatenate([heldout_clips[2].audio, pause(0.6)])
     passes = engine.streams.early_passes
