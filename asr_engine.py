@@ -75,7 +75,7 @@ class EngineOptions:
     stream_step_budget_s: float = 0.05
     # Silence after speech after which a stream's final pass runs ahead of its end (engine_streams: early final
     # pass); 0: finals are computed when the utterance ends.
-    stream_early_final_s: float = 0.32
+    stream_early_final_s: float = 0.16
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
 
@@ -526,6 +526,7 @@ class ParakeetEngine:
             item.future.cancel()
             return
         waited = time.monotonic() - item.enqueued
+        self.streams.cancel_early_pass()  # it may change the model (attention mode) under a suspended pass
         try:
             transcript = item.run()
         except Exception as exc:  # reported to the caller; the worker goes on

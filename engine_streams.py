@@ -7,17 +7,24 @@ through each stream's ``on_event`` callback, called on the worker thread (it mus
 with ``loop.call_soon_threadsafe``).
 
 Per service call: drain inboxes → VAD over the new audio (all streams batched) → finals for the streams that hit an
-endpoint or asked for one (one batched flush) → early final passes for the streams whose speaker just paused →
-partial steps for every stream with a chunk ready (one batched forward per round).
+endpoint or asked for one (one batched flush) → a slice of early final pass (for the streams whose speaker just
+paused) → partial steps for every stream with a chunk ready (one batched forward per round); when the last call
+left streams with a chunk ready (the CPU is saturated), their steps come before any early pass.
 
 Early final pass: a final is by default one offline pass over the utterance (streaming.py, "final pass"), which
 on a CPU costs more than the rest of a final. Once a stream's VAD has heard ``early_final_s`` of silence after
-speech, that pass runs right away (batched over the streams that paused together) and its transcript is kept; when
+speech, that pass starts (batched over the streams that paused together) and its transcript is kept; when
 the utterance then ends — the client's ``finalize``/``stop`` or the server's endpoint — with no voiced VAD frame
 since, the kept transcript is the final and nothing is left to compute. Any voice after the pause discards it (the
 final is then computed at the end as usual), so a final never misses speech the VAD heard; the price is the passes
 wasted on pauses the speaker talks through. Streams with a final pass get the VAD for this even when server
-endpointing is off (it then never cuts utterances).
+endpointing is off (it then never cuts utterances). The pass is speculative, so it must not hold the model while
+other clients wait: it runs on :class:`interruptible.InterruptibleRunner` in slices of at most ``step_budget_s``
+between the streams' steps, and stops at its next encoder layer or decoding step as soon as a final is waiting (on
+2 cores one pass over a 10-20 s utterance takes 150-350 ms, which was most of the finalize latency tail; measured
+in docs/BENCHMARKS.md). A final whose own pass is under way lets it finish. Every final pass — early or at the end —
+stops ``early_final_s`` into a trailing pause that lasts to the end of the audio (``VadStream.pause_end``), so a
+final is the same text whether or not the early pass ran: it depends on the audio, not on timing or load.
 
 Steps are cut into groups whose forward fits ``step_budget_s`` (from a running estimate of the seconds one window
 costs), and a client's ``finalize``/``stop`` waiting in an inbox ends the round early: a final waits for at most
@@ -27,6 +34,7 @@ on a few CPU cores the budget splits them, which costs little throughput there (
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import logging
 import threading
@@ -38,7 +46,8 @@ from typing import Literal
 import numpy as np
 
 from errors import EngineClosedError
-from inference import SAMPLE_RATE_HZ
+from inference import SAMPLE_RATE_HZ, Recognizer, Transcript
+from interruptible import InterruptibleRunner, checkpoint_modules
 from streaming import StepResult, StreamBacklogError, StreamingRecognizer, StreamState
 from vad import BatchedVad, EndpointConfig, VadStream, VadUnavailableError
 
@@ -152,6 +161,18 @@ class StreamHandle:
 
 
 @dataclass
+class _EarlyPass:
+    """An early final pass in progress on the runner: for these streams (their states when it started and their
+    voiced-frame counts at the pause), over ``audio_s`` seconds in all."""
+    lives: list[_Live]
+    states: list[StreamState]
+    voiced: list[int]
+    future: concurrent.futures.Future[list[Transcript]]
+    audio_s: float
+    compute_s: float = 0.0  # time spent running it (it runs in slices)
+
+
+@dataclass
 class _Live:
     handle: StreamHandle
     on_event: EventCallback
@@ -169,7 +190,7 @@ class StreamManager:
     """Owned by the engine: registry of live streams and the per-iteration streaming work."""
 
     def __init__(self, streamer: StreamingRecognizer, poke: Callable[[], None], max_stream_batch: int = 32,
-                 step_budget_s: float = 0.05, early_final_s: float = 0.32) -> None:
+                 step_budget_s: float = 0.05, early_final_s: float = 0.16) -> None:
         self.streamer = streamer
         self.poke = poke
         self.max_stream_batch = max_stream_batch
@@ -182,6 +203,12 @@ class StreamManager:
         self._live: dict[str, _Live] = {}
         self._ids = itertools.count(1)
         self._vad: BatchedVad | None = None
+        # Early final passes run interruptibly, with their own decoding objects (see interruptible.py).
+        self._pass_recognizer = Recognizer(streamer.recognizer.loaded)
+        self._runner = InterruptibleRunner()
+        self._runner.watch(checkpoint_modules(streamer.recognizer.model))
+        self._pending: _EarlyPass | None = None
+        self._behind = False  # the last service call left streams with a chunk ready (the CPU is saturated)
         self.steps = 0
         self.step_seconds = 0.0
         self.early_passes = 0  # early final passes run ...
@@ -276,60 +303,142 @@ class StreamManager:
                     finals.append((live, ends))
             if finals:
                 self._flush(finals)
-        self._early_finals()
-        more = False
+        if self._behind:  # the last call left streams with a chunk ready: their partials come first
+            self._behind = self._steps(max_rounds)
+            if self._behind or self._final_waiting():
+                return True
+            return self._early_finals()
+        # Otherwise a slice of early final pass first: a paused speaker's finalize usually follows within a few
+        # hundred ms and needs that pass done, where a partial can wait one slice.
+        early_more = self._early_finals()
+        if self._final_waiting():
+            return True
+        self._behind = self._steps(max_rounds)
+        return self._behind or early_more
+
+    def _steps(self, max_rounds: int) -> bool:
+        """Partial steps for the streams with a chunk ready, longest-waiting first, in groups that fit the step
+        budget; stops before any group when a client's final is waiting. True when streams are left ready."""
         for _ in range(max_rounds):
             with self._lock:
                 ready = [lv for lv in self._live.values() if not lv.state.ended and self.streamer.ready(lv.state)]
             if not ready:
-                break
+                return False
             ready.sort(key=lambda lv: lv.last_step)  # a round cut short by a final resumes with who was skipped
             size = self.group_size()
             for start in range(0, len(ready), size):
-                self._step(ready[start : start + size])
-                if start + size < len(ready) and self._final_waiting():
+                if self._final_waiting():
                     return True  # serve the final first; the remaining streams step on the next call
-            if self._final_waiting():
-                return True
-        else:
-            with self._lock:
-                more = any(self.streamer.ready(lv.state) for lv in self._live.values() if not lv.state.ended)
-        return more
+                self._step(ready[start : start + size])
+        with self._lock:
+            return any(self.streamer.ready(lv.state) for lv in self._live.values() if not lv.state.ended)
 
-    def _early_finals(self) -> None:
-        """Run the final pass now for the streams whose speaker has paused for ``early_final_s`` after speech
-        heard since their last early pass: batched in groups that fit the step budget by a running estimate of
-        the pass's cost per second of audio, and cut short when a client's final is waiting (the streams left
-        over are taken on the next call)."""
+    def _early_finals(self) -> bool:
+        """Early final passes, in slices of at most ``step_budget_s`` per call: the pass in progress goes on, and
+        when it ends the next is started for the streams whose speaker has paused for ``early_final_s`` after
+        speech heard since their last pass (batched in groups that fit the step budget by a running estimate of
+        the pass's cost per second of audio). A pass runs on :class:`InterruptibleRunner` and stops at its next
+        checkpoint as soon as a client's final is waiting or the slice is used: it never delays a final by more
+        than one encoder layer or decoding step, and the streams step between slices. True when early work is
+        left (the caller should come back soon)."""
         if self.early_final_s <= 0:
-            return
+            return False
+        started = time.monotonic()
+        budget = self.step_budget_s if self.step_budget_s > 0 else float("inf")
+
+        def yield_when() -> bool:
+            return self._final_waiting() or time.monotonic() - started >= budget
+
+        while True:
+            if self._pending is None and not self._start_early_pass():
+                return False
+            if not self._resume_pending(yield_when) or yield_when():
+                return True  # a pass is in progress or more may be due: the caller comes back soon
+
+    def _start_early_pass(self) -> bool:
+        """Submit the next early pass (False when none is due). Its pauses count as taken from here on, whatever
+        happens to the pass (a failure is not retried on every call)."""
         with self._lock:
             paused = [lv for lv in self._live.values() if lv.vad is not None
                       and early_pass_due(lv.vad, lv.early_speech, self.early_final_s)
                       and lv.state.final_pass and lv.state.kept and not lv.state.ended]
-        while paused:
-            group, budget = [paused.pop(0)], self.step_budget_s
-            if budget > 0 and self._pass_cost_s is not None:
-                spent = group[0].state.audio_s * self._pass_cost_s
-                while paused and spent + paused[0].state.audio_s * self._pass_cost_s <= budget:
-                    spent += paused[0].state.audio_s * self._pass_cost_s
-                    group.append(paused.pop(0))
-            elif budget <= 0:
-                group, paused = group + paused, []
-            for live in group:  # this pause is taken, whatever happens below (a failure is not retried per call)
-                live.early_speech = live.vad.speech_frames  # type: ignore[union-attr]
-                live.early_voiced = live.vad.voiced_frames  # type: ignore[union-attr]
-            started = time.monotonic()
-            try:
-                self.early_passes += self.streamer.early_final_pass([lv.state for lv in group])
-            except Exception:  # not fatal: these finals will be computed at the end
-                logger.exception("early final pass failed for %d streams", len(group))
-                return
-            audio_s = sum(lv.state.audio_s for lv in group)
-            cost = (time.monotonic() - started) / max(audio_s, 1e-3)
-            self._pass_cost_s = cost if self._pass_cost_s is None else 0.8 * self._pass_cost_s + 0.2 * cost
-            if paused and self._final_waiting():
-                return
+        if not paused:
+            return False
+        group, budget = [paused.pop(0)], self.step_budget_s
+        if budget <= 0:
+            group += paused
+        elif self._pass_cost_s is not None:
+            spent = group[0].state.audio_s * self._pass_cost_s
+            while paused and spent + paused[0].state.audio_s * self._pass_cost_s <= budget:
+                spent += paused[0].state.audio_s * self._pass_cost_s
+                group.append(paused.pop(0))
+        marks = []
+        for live in group:
+            live.early_speech = live.vad.speech_frames  # type: ignore[union-attr]
+            live.early_voiced = live.vad.voiced_frames  # type: ignore[union-attr]
+            marks.append(live.early_voiced)
+        states = [lv.state for lv in group]
+        for live in group:
+            live.state.pass_end = self._pass_end(live)
+        audio = [self.streamer.early_pass_audio(state) for state in states]
+        recognizer = self._pass_recognizer
+        future = self._runner.submit(lambda: recognizer.transcribe(audio, timestamps=True))  # type: ignore[arg-type]
+        self._pending = _EarlyPass(group, states, marks, future, sum(a.shape[0] for a in audio) / SAMPLE_RATE_HZ)
+        return True
+
+    def _resume_pending(self, yield_when: Callable[[], bool]) -> bool:
+        """Run the pending early pass until it ends (then keep its transcripts; True) or ``yield_when`` (False)."""
+        pending = self._pending
+        assert pending is not None
+        started = time.monotonic()
+        ended = self._runner.resume(yield_when)
+        pending.compute_s += time.monotonic() - started
+        if not ended:
+            return False
+        self._pending = None
+        try:
+            transcripts = pending.future.result()
+        except Exception:  # not fatal: these finals will be computed at the end
+            logger.exception("early final pass failed for %d streams", len(pending.lives))
+            return True
+        self.early_passes += len(transcripts)
+        cost = pending.compute_s / max(pending.audio_s, 1e-3)
+        self._pass_cost_s = cost if self._pass_cost_s is None else 0.8 * self._pass_cost_s + 0.2 * cost
+        for live, state, voiced, transcript in zip(pending.lives, pending.states, pending.voiced, transcripts):
+            # Kept only for the utterance it was run for, and only if the speaker has not spoken since.
+            if live.state is state and not live.handle.closed and not state.ended \
+                    and not early_pass_stale(live.vad, voiced):  # type: ignore[arg-type]
+                self.streamer.keep_early(state, transcript)
+        return True
+
+    def _pass_end(self, live: _Live) -> int | None:
+        """Where the stream's final pass stops (samples into its utterance): ``early_final_s`` into a pause that
+        lasts to the end of the audio received, so trailing silence beyond that is not transcribed; None (all of
+        it) without such a pause. A function of the audio alone: the early pass at the pause and the final at the
+        end cut at the same sample, and the final does not depend on whether the early pass ran."""
+        if live.vad is None or self.early_final_s <= 0 or not live.state.final_pass:
+            return None
+        heard = live.state.received - live.state.padding
+        end = live.vad.pause_end(live.samples_before + heard, self.early_final_s)
+        return end - live.samples_before if end is not None and end > live.samples_before else None
+
+    @property
+    def early_pass_running(self) -> bool:
+        """An early final pass has started and not ended (it may be suspended between slices)."""
+        return self._pending is not None
+
+    def finish_early_pass(self, lives: list[_Live] | None = None) -> None:
+        """Run the pending early pass to its end now (when it serves one of ``lives``, or any when None)."""
+        pending = self._pending
+        if pending is not None and (lives is None or any(lv is p for lv in lives for p in pending.lives)):
+            self._resume_pending(lambda: False)
+
+    def cancel_early_pass(self) -> None:
+        """Drop the pending early pass (before the engine changes the model, and at shutdown); those streams'
+        finals are computed at the end."""
+        if self._pending is not None:
+            self._pending = None
+            self._runner.cancel()
 
     def group_size(self) -> int:
         """Streams per forward: as many as fit the step budget by the running cost estimate."""
@@ -342,6 +451,8 @@ class StreamManager:
             return any(lv.handle.final_waiting for lv in self._live.values())
 
     def close_all(self) -> None:
+        self.cancel_early_pass()
+        self._runner.close()
         with self._lock:
             lives = list(self._live.values())
         for live in lives:
@@ -376,6 +487,9 @@ class StreamManager:
         work = [lv for lv, reason in finals if lv.state.received > 0
                 and (reason == "endpoint" or not lv.endpointing or lv.vad is None or lv.vad.heard_speech
                      or lv.state.words)]
+        self.finish_early_pass(work)  # one of them has its final pass in progress: it ends now, then serves
+        for live in work:
+            live.state.pass_end = self._pass_end(live)
         self.early_used += sum(1 for lv in work if lv.state.early is not None)
         try:
             done = dict(zip((id(lv) for lv in work), self.streamer.finalize([lv.state for lv in work])))

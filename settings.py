@@ -59,7 +59,7 @@ class Settings:
     stream_right_s: float = 0.96  # PARAKEET_STREAM_RIGHT_S: lookahead after each chunk (80 ms multiple)
     stream_step_budget_ms: float = 50.0  # PARAKEET_STREAM_STEP_BUDGET_MS: longest streaming forward; 0 = no split
     stream_final_pass_max_s: float = 20.0  # PARAKEET_STREAM_FINAL_PASS_MAX_S: offline final for utterances this long; 0 = off
-    stream_early_final_s: float = 0.32  # PARAKEET_STREAM_EARLY_FINAL_S: pause that starts the final pass early; 0 = off
+    stream_early_final_s: float = 0.16  # PARAKEET_STREAM_EARLY_FINAL_S: pause that starts the final pass early; 0 = off
     runpod_public_ip: str = ""  # RUNPOD_PUBLIC_IP: set by RunPod when a TCP port is exposed
     runpod_tcp_port: int = 0  # RUNPOD_TCP_PORT_<ws_port>: the public port RunPod maps to ws_port
     # Observability

@@ -36,7 +36,9 @@ utterances longer than ``final_pass_max_s`` (whose audio is not kept), get the s
 An early final pass (:meth:`StreamingRecognizer.early_final_pass`) runs that offline pass before the stream ends —
 the engine does it once the speaker has paused — and keeps the transcript; if the stream then ends with nothing
 but silence after that point (the caller's judgement: it discards the pass with :meth:`discard_early` otherwise),
-the final is that transcript and costs nothing more at the end.
+the final is that transcript and costs nothing more at the end. A caller that knows where the speech ended may
+set ``StreamState.pass_end``: both passes then stop there (the engine sets it a fixed pause into trailing silence,
+so that the final is the same whether or not an early pass ran).
 
 Not thread-safe: call everything from one thread (the engine's worker). The model is never modified.
 """
@@ -175,6 +177,7 @@ class StreamState:
     final_pass: bool = True  # keep the utterance's audio for an offline final pass
     kept: list[np.ndarray] = field(default_factory=list, repr=False)  # the real audio so far, while final_pass
     early: Transcript | None = field(default=None, repr=False)  # an early final pass (see early_final_pass)
+    pass_end: int | None = None  # the final pass stops this many samples into the kept audio (None: at its end)
 
     @property
     def pending_samples(self) -> int:
@@ -353,12 +356,26 @@ class StreamingRecognizer:
         """Run the final pass now (batched) over the audio each stream has kept so far and keep the transcripts:
         a stream that later ends with only silence after this point gets it as its final without another pass.
         Streams that keep no audio (final pass off, too long, ended) are skipped. Returns how many ran."""
-        todo = [s for s in states if s.final_pass and s.kept and not s.ended]
+        todo = [(s, a) for s in states if (a := self.early_pass_audio(s)) is not None]
         if todo:
-            transcripts = self.recognizer.transcribe([np.concatenate(s.kept) for s in todo], timestamps=True)
-            for state, transcript in zip(todo, transcripts):
-                state.early = transcript
+            transcripts = self.recognizer.transcribe([a for _, a in todo], timestamps=True)
+            for (state, _), transcript in zip(todo, transcripts):
+                self.keep_early(state, transcript)
         return len(todo)
+
+    @staticmethod
+    def early_pass_audio(state: StreamState) -> np.ndarray | None:
+        """The audio an early final pass over ``state`` transcribes now — the kept audio up to ``state.pass_end``
+        — or None when it keeps no audio (final pass off, utterance too long) or has ended; a caller may
+        transcribe it elsewhere and hand the transcript to :meth:`keep_early`."""
+        if state.final_pass and state.kept and not state.ended:
+            return np.concatenate(state.kept)[: state.pass_end]
+        return None
+
+    @staticmethod
+    def keep_early(state: StreamState, transcript: Transcript) -> None:
+        """Keep ``transcript`` (the offline transcript of :meth:`early_pass_audio`) as the stream's early pass."""
+        state.early = transcript
 
     def discard_early(self, state: StreamState) -> None:
         """Forget the stream's early final pass (the speaker went on after it)."""
@@ -370,7 +387,7 @@ class StreamingRecognizer:
         if not states:
             return []
         late = [s for s in states if s.early is None]
-        fresh = dict(zip(map(id, late), self.recognizer.transcribe([np.concatenate(s.kept) for s in late],
+        fresh = dict(zip(map(id, late), self.recognizer.transcribe([np.concatenate(s.kept)[: s.pass_end] for s in late],
                                                                     timestamps=True) if late else []))
         transcripts = [s.early if s.early is not None else fresh[id(s)] for s in states]
         results = []

@@ -11,8 +11,10 @@ An :class:`Endpointer` turns frame probabilities into utterance boundaries: spee
 
 from __future__ import annotations
 
+import bisect
 import importlib.util
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ SAMPLE_RATE_HZ = 16_000
 FRAME_SAMPLES = 512  # silero-vad's frame at 16 kHz (32 ms)
 CONTEXT_SAMPLES = 64  # samples of the previous frame the model sees in front of each frame
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE_HZ
+_VOICED_KEPT = 2048  # voiced frame indices remembered per stream (at least 65 s of voice; finals look back 20 s)
 
 
 class VadUnavailableError(ParakeetError):
@@ -74,10 +77,25 @@ class VadStream:
     speech_frames: int = 0  # frames at or above threshold, ever
     voiced_frames: int = 0  # frames not clearly silent (probability >= threshold - 0.15), ever: grows on any voice
     quiet_run_s: float = 0.0  # clearly silent audio since the last frame that was not
+    frames: int = 0  # frames judged, ever (frame k covers the stream's samples k * 512 ... (k + 1) * 512)
+    voiced_at: list[int] = field(default_factory=list, repr=False)  # the latest voiced frames' indices, ascending
     endpoint: bool = False  # set when an utterance just ended; the caller clears it with reset_endpoint()
 
     def reset_endpoint(self) -> None:
         self.endpoint = False
+
+    def pause_end(self, before_sample: int, pause_s: float) -> int | None:
+        """Where a pause ends that is still on at ``before_sample`` (counted from the stream's first sample): the
+        sample at which the clearly silent run that reaches it had lasted ``pause_s`` — a function of the audio
+        alone, whatever pieces it came in. None when that run is shorter (voice within ``pause_s`` of it), or
+        reaches back further than the frames remembered."""
+        judged = min(before_sample // FRAME_SAMPLES, self.frames)  # frames wholly before it (the rest: unjudged)
+        i = bisect.bisect_left(self.voiced_at, judged)  # voiced frames before ``judged``: voiced_at[:i]
+        if i == 0 and len(self.voiced_at) >= _VOICED_KEPT:
+            return None  # the run may start before the oldest voiced frame remembered
+        quiet_from = self.voiced_at[i - 1] + 1 if i else 0
+        end = quiet_from + math.ceil(pause_s / FRAME_S - 1e-9)
+        return end * FRAME_SAMPLES if end <= judged else None
 
 
 class BatchedVad:
@@ -129,9 +147,13 @@ class BatchedVad:
     def _advance(s: VadStream, prob: float) -> bool:
         """One frame's probability into the endpointer; True when it ended an utterance."""
         cfg = s.config
+        s.frames += 1
         if prob >= cfg.threshold - 0.15:
             s.voiced_frames += 1
             s.quiet_run_s = 0.0
+            s.voiced_at.append(s.frames - 1)
+            if len(s.voiced_at) > 2 * _VOICED_KEPT:
+                del s.voiced_at[:-_VOICED_KEPT]
         else:
             s.quiet_run_s += FRAME_S
         if prob >= cfg.threshold:

@@ -1,13 +1,14 @@
-"""The early final pass (engine_streams.py): how early it is ready, what it transcribes, what it costs.
+"""The early final pass (engine_streams.py): how early it can run, what the final transcribes, what it costs.
 
     .venv/bin/python -m bench.early_final
     .venv/bin/python -m bench.early_final --speech path/to/real/*.wav --early-s 0.16 0.32 0.48
 
-Accuracy (held-out clips): each clip followed by a pause with a -60 dBFS noise floor goes through silero-vad in
-20 ms pieces with the engine's rules (``early_pass_due`` / ``early_pass_stale``): the audio up to the last early
-pass that nothing voiced followed is what an early final transcribes; the client's ``finalize`` is taken 200 ms
-after the clip ends (as bench.streaming_sessions sends it). Both are transcribed offline and scored against the
-reference, and against each other (the early final covers less trailing silence, which can flip uncertain words).
+Accuracy (held-out clips): each clip followed by a pause with a -60 dBFS noise floor, the client's ``finalize``
+taken 200 ms after the clip ends (as bench.streaming_sessions sends it). The engine's final pass stops
+``early_s`` into the pause that reaches the finalize (``VadStream.pause_end``, as engine_streams cuts it — the
+early pass at the pause covers exactly that audio, so the final is the same whether or not it ran); that final is
+scored against the reference beside the transcript of all the audio up to the finalize (what a final without the
+cut would be), and the two against each other (less trailing silence can flip uncertain words).
 
 Cost (real speech, ``--speech``): early passes per minute of audio against utterance ends (the endpointer's
 600 ms silence) — passes beyond the utterance ends are wasted on pauses the speaker talked through.
@@ -30,20 +31,13 @@ REPO_SPEECH = ("tests/assets/audio/en_librispeech_2412-153948-0000.16k_mono_s16.
                "tests/assets/audio/en_ljspeech_LJ001-0002.wav")
 
 
-def early_point(vad: object, audio: np.ndarray, until: int, early_s: float) -> int | None:
-    """Sample position of the early pass a final at ``until`` would use (None: none was valid then)."""
-    from engine_streams import early_pass_due, early_pass_stale
-
+def final_cut(vad: object, audio: np.ndarray, until: int, early_s: float) -> int | None:
+    """Where the final pass for a final at ``until`` stops (None: it covers all the audio), the VAD fed in 20 ms
+    pieces as a live client sends them."""
     stream = vad.new_stream()  # type: ignore[attr-defined]
-    point, speech_at, voiced_at = None, 0, 0
     for pos in range(0, until, PIECE):
         vad.process([stream], [audio[pos : min(pos + PIECE, until)]])  # type: ignore[attr-defined]
-        end = min(pos + PIECE, until)
-        if point is not None and early_pass_stale(stream, voiced_at):
-            point = None
-        if early_pass_due(stream, speech_at, early_s):
-            point, speech_at, voiced_at = end, stream.speech_frames, stream.voiced_frames
-    return point
+    return stream.pause_end(until, early_s)  # type: ignore[attr-defined, no-any-return]
 
 
 def pass_counts(vad: object, audio: np.ndarray, early_s: float) -> tuple[int, int]:
@@ -86,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     refs = [c.text for c in clips]
     rows = []
     for early_s in args.early_s:
-        points = [early_point(vad, a, cut, early_s) for a, cut in zip(padded, cuts)]
+        points = [final_cut(vad, a, cut, early_s) for a, cut in zip(padded, cuts)]
         early = [t.text for t in recognizer.transcribe([a[: p or cut] for a, p, cut in zip(padded, points, cuts)])]
-        lead = [(cut - p) / RATE for p, cut in zip(points, cuts) if p is not None]
+        lead = [(cut - p) / RATE for p, cut in zip(points, cuts) if p is not None]  # the pass is due at the cut
         passes = ends = 0
         minutes = 0.0
         for path in args.speech:
@@ -97,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             passes, ends, minutes = passes + p, ends + e, minutes + audio.shape[0] / RATE / 60
         row = {
             "early_s": early_s, "clips": len(clips),
-            "clips_with_early_final": len(lead),
-            "ready_before_finalize_s_median": round(float(np.median(lead)), 3) if lead else None,
-            "wer_early_final_pct": round(wer(early, refs).wer_percent, 2),
-            "wer_final_at_finalize_pct": round(wer(at_finalize, refs).wer_percent, 2),
-            "early_vs_at_finalize_pct": round(wer(early, at_finalize).wer_percent, 2),
+            "clips_cut_at_a_pause": len(lead),
+            "pause_before_finalize_s_median": round(float(np.median(lead)), 3) if lead else None,
+            "wer_final_pct": round(wer(early, refs).wer_percent, 2),
+            "wer_all_audio_pct": round(wer(at_finalize, refs).wer_percent, 2),
+            "final_vs_all_audio_pct": round(wer(early, at_finalize).wer_percent, 2),
             "speech_minutes": round(minutes, 2), "early_passes_per_min": round(passes / max(minutes, 1e-9), 1),
             "utterance_ends_per_min": round(ends / max(minutes, 1e-9), 1),
         }

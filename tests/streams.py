@@ -6,14 +6,26 @@ import numpy as np
 
 from asr_engine import ParakeetEngine
 from streaming import StreamingRecognizer
+from vad import BatchedVad
+
+
+def pause_end(engine: ParakeetEngine, audio: np.ndarray) -> int | None:
+    """Where the engine's final pass stops in ``audio`` heard as one utterance: ``early_final_s`` into a trailing
+    pause the VAD judges clearly silent (engine_streams ``_pass_end``), or None (all of it)."""
+    vad = BatchedVad()
+    stream = vad.new_stream()
+    vad.process([stream], [audio])
+    return stream.pause_end(audio.shape[0], engine.streams.early_final_s)
 
 
 def streamed_alone(engine: ParakeetEngine, audio: np.ndarray) -> str:
     """The final text of ``audio`` streamed through a fresh stream of the engine's geometry, on its own
-    recognizer (not the engine's worker thread), stepped as soon as each chunk is ready."""
+    recognizer (not the engine's worker thread), stepped as soon as each chunk is ready; its final pass stops
+    where the engine's would."""
     streamer = StreamingRecognizer(engine.recognizer, engine.streamer.config)
     state = streamer.new_stream()
     streamer.accept(state, audio)
+    state.pass_end = pause_end(engine, audio)
     while streamer.ready(state):
         streamer.step([state])
     return streamer.finalize([state])[0].committed_text

@@ -15,7 +15,7 @@ from engine_streams import StreamEvent, StreamManager, StreamOptions
 from errors import EngineClosedError, InputError
 from settings import Settings
 from streaming import StreamingRecognizer
-from tests.streams import streamed_alone
+from tests.streams import pause_end, streamed_alone
 
 NO_VAD = StreamOptions(endpointing=False)
 
@@ -114,9 +114,11 @@ def wait_for(predicate: callable, timeout: float = 60.0) -> None:
 
 def test_an_early_final_pass_after_a_pause_becomes_the_final(engine, heldout_clips) -> None:
     """The speaker pauses: the final pass runs then, and the later finalize costs nothing but returns it."""
-    assert engine.streams.early_final_s == EngineOptions().stream_early_final_s == 0.32
+    assert engine.streams.early_final_s == EngineOptions().stream_early_final_s == 0.16
     spoken = np.concatenate([heldout_clips[2].audio, pause(0.6)])
-    expected = engine.recognizer.transcribe([spoken], timestamps=True)[0]
+    cut = pause_end(engine, spoken)  # the pass stops early_final_s into the pause, where the final would
+    assert cut is not None and cut < spoken.shape[0] - 16000 * 0.4
+    expected = engine.recognizer.transcribe([spoken[:cut]], timestamps=True)[0]
     passes, used = engine.streams.early_passes, engine.streams.early_used
     events, put = collect()
     handle = engine.open_stream(put, NO_VAD)  # client-driven finals: the VAD only times the early pass
@@ -143,8 +145,9 @@ def test_voice_after_the_early_pass_discards_it(engine, heldout_clips) -> None:
     """Speech after the pause must be in the final: the early pass is thrown away, never returned short."""
     first = np.concatenate([heldout_clips[3].audio, pause(0.6)])
     more = heldout_clips[5].audio
-    expected = engine.recognizer.transcribe([np.concatenate([first, more])])[0].text.strip()
-    alone = engine.recognizer.transcribe([first])[0].text.strip()
+    both = np.concatenate([first, more])
+    expected = engine.recognizer.transcribe([both[: pause_end(engine, both)]])[0].text.strip()
+    alone = engine.recognizer.transcribe([first[: pause_end(engine, first)]])[0].text.strip()
     passes = engine.streams.early_passes
     events, put = collect()
     handle = engine.open_stream(put, NO_VAD)
@@ -162,11 +165,11 @@ def test_a_failing_early_pass_is_not_retried_and_the_final_is_computed_at_the_en
     expected = engine.recognizer.transcribe([np.concatenate([spoken, pause(0.3, seed=1)])])[0].text.strip()
     calls = []
 
-    def broken(states):
-        calls.append(len(states))
+    def broken(audio, **_):
+        calls.append(len(audio))
         raise RuntimeError("early pass broke")
 
-    engine.streamer.early_final_pass = broken
+    engine.streams._pass_recognizer.transcribe = broken  # the early pass's own recognizer (interruptible.py)
     try:
         events, put = collect()
         handle = engine.open_stream(put, NO_VAD)
@@ -178,7 +181,7 @@ def test_a_failing_early_pass_is_not_retried_and_the_final_is_computed_at_the_en
         handle.finalize()
         final = until(events, "final")[-1]
     finally:
-        del engine.streamer.early_final_pass
+        del engine.streams._pass_recognizer.transcribe
     assert calls == [1] and final.result.committed_text == expected and expected
     handle.abort()
 
@@ -205,7 +208,7 @@ def test_no_early_pass_without_a_final_pass_or_when_switched_off(loaded_test_mod
         off.close()
     env = "PARAKEET_STREAM_EARLY_FINAL_S"
     assert Settings.from_env({env: "0"}).engine_options().stream_early_final_s == 0.0
-    assert Settings().engine_options().stream_early_final_s == 0.32
+    assert Settings().engine_options().stream_early_final_s == 0.16
     with pytest.raises(InputError, match=env):
         Settings.from_env({env: "-1"})
 
@@ -288,8 +291,71 @@ def test_a_finalize_waits_for_one_forward_not_for_every_stream(engine, heldout_c
     while manager.active:
         manager.service()
     assert {sid: texts[0] for sid, texts in finals.items()} == {sid: streamed_alone(engine, clips[sid]) for sid in "abcd"}
+    manager.close_all()
 
 
 def test_without_a_step_budget_every_ready_stream_shares_one_forward(engine, heldout_clips) -> None:
     manager = _measured_manager(engine, heldout_clips, step_budget_s=0.0)
     assert manager.group_size() == 8
+    manager.close_all()
+
+
+def test_another_streams_early_pass_in_progress_does_not_hold_up_a_final(engine, heldout_clips) -> None:
+    """A long utterance's early pass runs in slices (interruptible.py): a finalize asked while it is suspended is
+    served at once, the pass then goes on and becomes that stream's final; cancelling one drops it safely."""
+    manager = StreamManager(StreamingRecognizer(engine.recognizer, engine.streamer.config), poke=lambda: None,
+                            step_budget_s=1e-9, early_final_s=0.16)  # every slice stops at its first checkpoint
+    try:
+        finals: dict[str, list[StreamEvent]] = {}
+        kept = []
+
+        def on_event(event: StreamEvent) -> None:
+            if event.kind == "final":
+                finals.setdefault(event.stream_id, []).append(event)
+
+        long = np.concatenate([heldout_clips[1].audio, heldout_clips[2].audio, pause(0.4)])  # 13.9 s
+        short = heldout_clips[4].audio
+        a = manager.open(on_event, NO_VAD, stream_id="a")
+        b = manager.open(on_event, NO_VAD, stream_id="b")
+        a.push(long)
+        for _ in range(500):
+            manager.service()
+            if manager.early_pass_running:
+                break
+        assert manager.early_pass_running and manager.early_passes == 0
+        b.push(short)  # b speaks while a's pass is under way (no pass of its own can start before a's ends)
+        for _ in range(3):
+            manager.service()  # the pass goes on one checkpoint at a time, between the steps
+        assert manager.early_pass_running
+        b.finalize()
+        manager.service()
+        assert [f.reason for f in finals["b"]] == ["finalize"], "b's final waited for a's early pass"
+        short_text = engine.recognizer.transcribe([short[: pause_end(engine, short)]])[0].text.strip()
+        assert finals["b"][0].result.committed_text == short_text
+        assert manager.early_pass_running and "a" not in finals
+        while manager.early_pass_running:
+            manager.service()
+        assert manager.early_passes == 1
+        transcribe = manager.streamer.recognizer.transcribe
+        manager.streamer.recognizer.transcribe = lambda audio, **kw: kept.append(len(audio)) or transcribe(audio, **kw)
+        try:
+            a.finalize()
+            manager.service()
+        finally:
+            del manager.streamer.recognizer.transcribe
+        expected = engine.recognizer.transcribe([long[: pause_end(engine, long)]])[0].text.strip()
+        assert kept == [] and finals["a"][0].result.committed_text == expected
+
+        # Cancelled while suspended (as before the engine changes the model): the final is computed at the end.
+        a.push(long)
+        while not manager.early_pass_running:
+            manager.service()
+        manager.cancel_early_pass()
+        assert not manager.early_pass_running
+        a.push(pause(0.2, seed=2))
+        a.finalize()
+        while len(finals["a"]) < 2:
+            manager.service()
+        assert finals["a"][1].result.committed_text == expected, "not the same final as with the early pass"
+    finally:
+        manager.close_all()

@@ -75,3 +75,24 @@ def test_missing_package_is_a_typed_error(monkeypatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(VadUnavailableError, match="pip install --no-deps silero-vad"):
         silero_model_path()
+
+
+def test_a_pause_ends_at_the_same_sample_whatever_pieces_the_audio_came_in(vad, heldout_clips) -> None:
+    """The final pass's cut (engine_streams): pause_s into the silence after the last voiced frame, a function
+    of the audio alone; none while the silence is shorter, or once voice follows."""
+    rng = np.random.default_rng(3)
+    quiet = (rng.standard_normal(16000) * 1e-3).astype(np.float32)
+    speech = heldout_clips[1].audio
+    audio = np.concatenate([speech, quiet])
+    cuts = []
+    for piece in (320, 1000, audio.shape[0]):
+        stream = vad.new_stream()
+        feed(vad, stream, audio, piece)
+        cuts.append(stream.pause_end(audio.shape[0], 0.16))
+    assert cuts[0] is not None and cuts == [cuts[0]] * 3
+    assert cuts[0] % FRAME_SAMPLES == 0 and cuts[0] <= speech.shape[0] + int(0.16 * 16000) + FRAME_SAMPLES
+    assert stream.pause_end(cuts[0] - FRAME_SAMPLES, 0.16) is None  # the pause was shorter then
+    assert stream.pause_end(audio.shape[0], 0.8) == cuts[0] + int(0.64 * 16000)  # same run, longer pause
+    feed(vad, stream, speech[:16000])  # voice again: the pause no longer reaches the end
+    assert stream.pause_end(audio.shape[0] + 16000, 0.16) is None
+    assert stream.pause_end(audio.shape[0], 0.16) == cuts[0]  # asked where it was, it is where it was

@@ -116,7 +116,7 @@ async def test_seed_client_flow_gives_the_streaming_transcript(server, engine, h
     for earlier, later in zip(partials, partials[1:]):  # a partial's committed part is a prefix of later partials
         assert later["committed_text"].startswith(earlier["committed_text"])
     assert finals[0]["final_source"] == "offline" and start["final_pass"] is True  # the final: one offline pass
-    assert start["early_final_s"] == engine.streams.early_final_s == 0.32
+    assert start["early_final_s"] == engine.streams.early_final_s == 0.16
     assert stopped["audio_seconds"] == pytest.approx(len(clip.audio) / 16000, abs=0.02)
     await ws.wait_closed()
     assert ws.close_code == 1000
