@@ -252,6 +252,7 @@ class StreamManager:
         with self._lock:
             lives = list(self._live.values())
         if not lives:
+            self.cancel_early_pass()  # its streams are gone
             return False
         # Each stream's new audio, cut where the VAD ended an utterance: segment k of every stream is accepted in
         # round k, and the streams whose segment ends an utterance are flushed together before the next round.
