@@ -373,18 +373,16 @@ class StreamManager:
             while paused and spent + paused[0].state.audio_s * self._pass_cost_s <= budget:
                 spent += paused[0].state.audio_s * self._pass_cost_s
                 group.append(paused.pop(0))
-        marks = []
         for live in group:
             live.early_speech = live.vad.speech_frames  # type: ignore[union-attr]
             live.early_voiced = live.vad.voiced_frames  # type: ignore[union-attr]
-            marks.append(live.early_voiced)
-        states = [lv.state for lv in group]
-        for live in group:
             live.state.pass_end = self._pass_end(live)
+        states = [lv.state for lv in group]
         audio = [self.streamer.early_pass_audio(state) for state in states]
         recognizer = self._pass_recognizer
         future = self._runner.submit(lambda: recognizer.transcribe(audio, timestamps=True))  # type: ignore[arg-type]
-        self._pending = _EarlyPass(group, states, marks, future, sum(a.shape[0] for a in audio) / SAMPLE_RATE_HZ)
+        self._pending = _EarlyPass(group, states, [lv.early_voiced for lv in group], future,
+                                   sum(a.shape[0] for a in audio) / SAMPLE_RATE_HZ)  # type: ignore[union-attr]
         return True
 
     def _resume_pending(self, yield_when: Callable[[], bool]) -> bool:

@@ -33,10 +33,11 @@ whole utterance, so it grows with the utterance where the streamed tail costs on
 that partials had committed (``StepResult.source == "offline"``); streams created with ``final_pass=False``, and
 utterances longer than ``final_pass_max_s`` (whose audio is not kept), get the streamed final.
 
-An early final pass (:meth:`StreamingRecognizer.early_final_pass`) runs that offline pass before the stream ends —
-the engine does it once the speaker has paused — and keeps the transcript; if the stream then ends with nothing
-but silence after that point (the caller's judgement: it discards the pass with :meth:`discard_early` otherwise),
-the final is that transcript and costs nothing more at the end. A caller that knows where the speech ended may
+An early final pass runs that offline pass before the stream ends — the engine transcribes
+:meth:`StreamingRecognizer.early_pass_audio` once the speaker has paused and hands the transcript to
+:meth:`~StreamingRecognizer.keep_early`; if the stream then ends with nothing but silence after that point (the
+caller's judgement: it discards the pass with :meth:`~StreamingRecognizer.discard_early` otherwise), the final is
+that transcript and costs nothing more at the end. A caller that knows where the speech ended may
 set ``StreamState.pass_end``: both passes then stop there (the engine sets it a fixed pause into trailing silence,
 so that the final is the same whether or not an early pass ran).
 
@@ -176,7 +177,7 @@ class StreamState:
     steps: int = 0
     final_pass: bool = True  # keep the utterance's audio for an offline final pass
     kept: list[np.ndarray] = field(default_factory=list, repr=False)  # the real audio so far, while final_pass
-    early: Transcript | None = field(default=None, repr=False)  # an early final pass (see early_final_pass)
+    early: Transcript | None = field(default=None, repr=False)  # an early final pass (see keep_early)
     pass_end: int | None = None  # the final pass stops this many samples into the kept audio (None: at its end)
 
     @property
@@ -351,17 +352,6 @@ class StreamingRecognizer:
                 words[id(s)].extend(r.new_words)
                 latest[id(s)] = r
         return [replace(latest[id(s)], new_words=tuple(words[id(s)])) for s in states]
-
-    def early_final_pass(self, states: Sequence[StreamState]) -> int:
-        """Run the final pass now (batched) over the audio each stream has kept so far and keep the transcripts:
-        a stream that later ends with only silence after this point gets it as its final without another pass.
-        Streams that keep no audio (final pass off, too long, ended) are skipped. Returns how many ran."""
-        todo = [(s, a) for s in states if (a := self.early_pass_audio(s)) is not None]
-        if todo:
-            transcripts = self.recognizer.transcribe([a for _, a in todo], timestamps=True)
-            for (state, _), transcript in zip(todo, transcripts):
-                self.keep_early(state, transcript)
-        return len(todo)
 
     @staticmethod
     def early_pass_audio(state: StreamState) -> np.ndarray | None:

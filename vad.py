@@ -76,10 +76,14 @@ class VadStream:
     # Counters for the engine's early final pass (engine_streams), independent of the endpointer's state:
     speech_frames: int = 0  # frames at or above threshold, ever
     voiced_frames: int = 0  # frames not clearly silent (probability >= threshold - 0.15), ever: grows on any voice
-    quiet_run_s: float = 0.0  # clearly silent audio since the last frame that was not
     frames: int = 0  # frames judged, ever (frame k covers the stream's samples k * 512 ... (k + 1) * 512)
     voiced_at: list[int] = field(default_factory=list, repr=False)  # the latest voiced frames' indices, ascending
     endpoint: bool = False  # set when an utterance just ended; the caller clears it with reset_endpoint()
+
+    @property
+    def quiet_run_s(self) -> float:
+        """Clearly silent audio since the last frame that was not (the latest voiced frame is always kept)."""
+        return (self.frames - (self.voiced_at[-1] + 1 if self.voiced_at else 0)) * FRAME_S
 
     def reset_endpoint(self) -> None:
         self.endpoint = False
@@ -150,12 +154,9 @@ class BatchedVad:
         s.frames += 1
         if prob >= cfg.threshold - 0.15:
             s.voiced_frames += 1
-            s.quiet_run_s = 0.0
             s.voiced_at.append(s.frames - 1)
             if len(s.voiced_at) > 2 * _VOICED_KEPT:
                 del s.voiced_at[:-_VOICED_KEPT]
-        else:
-            s.quiet_run_s += FRAME_S
         if prob >= cfg.threshold:
             s.speech_frames += 1
             s.speech_run_s += FRAME_S

@@ -275,25 +275,35 @@ def test_final_pass_brings_streamed_finals_to_offline_accuracy(final_pass, strea
 
 
 def test_an_early_final_pass_is_the_final_unless_discarded(final_pass, recognizer, heldout_clips) -> None:
-    """early_final_pass transcribes what was kept so far; finalize returns it as is (the caller judged the rest
-    silent), and after discard_early the final is computed over all the audio again."""
+    """early_pass_audio is what was kept so far (up to pass_end); kept with keep_early, finalize returns it as is
+    (the caller judged the rest silent), and after discard_early the final is computed over the audio again,
+    stopping at pass_end when one is set."""
     first, more = heldout_clips[1].audio, heldout_clips[2].audio
     kept_then = final_pass.new_stream()
     final_pass.accept(kept_then, first)
-    assert final_pass.early_final_pass([kept_then, final_pass.new_stream(final_pass=False)]) == 1
+    assert final_pass.early_pass_audio(final_pass.new_stream(final_pass=False)) is None  # keeps no audio
+    audio = final_pass.early_pass_audio(kept_then)
+    assert audio is not None and np.array_equal(audio, first)
+    final_pass.keep_early(kept_then, recognizer.transcribe([audio], timestamps=True)[0])
     final_pass.accept(kept_then, more)
     (early,) = final_pass.finalize([kept_then])
     assert early.source == "offline" and early.committed_text == recognizer.transcribe([first])[0].text.strip()
     assert early.audio_end_s == pytest.approx((first.shape[0] + more.shape[0]) / SAMPLE_RATE_HZ, abs=1e-3)
-    assert final_pass.early_final_pass([kept_then]) == 0  # ended: nothing to run
+    assert final_pass.early_pass_audio(kept_then) is None  # ended: nothing to run
     went_on = final_pass.new_stream()
     final_pass.accept(went_on, first)
-    final_pass.early_final_pass([went_on])
+    final_pass.keep_early(went_on, recognizer.transcribe([first], timestamps=True)[0])
     final_pass.accept(went_on, more)
     final_pass.discard_early(went_on)
     (full,) = final_pass.finalize([went_on])
     assert full.committed_text == recognizer.transcribe([np.concatenate([first, more])])[0].text.strip()
     assert full.committed_text != early.committed_text
+    cut = final_pass.new_stream()
+    final_pass.accept(cut, np.concatenate([first, more]))
+    cut.pass_end = first.shape[0]  # e.g. a pause the caller judged the end of the speech
+    assert np.array_equal(final_pass.early_pass_audio(cut), first)
+    (stopped,) = final_pass.finalize([cut])
+    assert stopped.committed_text == early.committed_text  # the final pass stopped there too
 
 
 def test_final_pass_is_skipped_when_asked_or_when_the_utterance_is_too_long(recognizer, heldout_clips) -> None:
