@@ -41,8 +41,8 @@ import requests
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-import audio_utils
-from errors import ParakeetError
+from parakeet_worker.audio import media as audio_utils
+from parakeet_worker.errors import ParakeetError
 
 logger = logging.getLogger("client")
 

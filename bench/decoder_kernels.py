@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from bench.common import machine_info, out, quiet_nemo
-from inference import native_rnn_kernels
+from parakeet_worker.model import native_rnn_kernels
 
 
 def paired_ms(first: Callable[[], object], second: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -76,10 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_nemo()
     torch.set_num_threads(args.threads)
 
-    from inference import Recognizer
-    from model_loader import load_model
-    from settings import Settings
-    from streaming import StreamingRecognizer
+    from parakeet_worker.config import Settings
+    from parakeet_worker.model import Recognizer, load_model
+    from parakeet_worker.streaming import StreamingRecognizer
     from testmodel.heldout import MODEL_PATH, load_heldout
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:

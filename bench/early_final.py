@@ -42,7 +42,7 @@ def final_cut(vad: object, audio: np.ndarray, until: int, early_s: float) -> int
 
 def pass_counts(vad: object, audio: np.ndarray, early_s: float) -> tuple[int, int]:
     """(early passes, utterance ends) over ``audio`` streamed in 20 ms pieces."""
-    from engine_streams import early_pass_due
+    from parakeet_worker.streaming.manager import early_pass_due
 
     stream = vad.new_stream()  # type: ignore[attr-defined]
     passes = ends = speech_at = 0
@@ -62,12 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_nemo()
 
-    from audio_utils import decode_file
-    from inference import Recognizer
-    from model_loader import load_model
-    from settings import Settings
+    from parakeet_worker.audio import decode_file
+    from parakeet_worker.config import Settings
+    from parakeet_worker.model import Recognizer, load_model
+    from parakeet_worker.streaming import BatchedVad
     from testmodel.heldout import MODEL_PATH, load_heldout, wer
-    from vad import BatchedVad
 
     vad = BatchedVad()
     recognizer = Recognizer(load_model(Settings(model=str(MODEL_PATH))))

@@ -143,7 +143,7 @@ def full_inputs(heldout_dir: Path, count: int, min_s: float, max_s: float, seed:
 # --- models ------------------------------------------------------------------------------------------------------
 def build_full_nemo(work_dir: Path) -> Path:
     """Build the full parakeet-tdt-0.6b-v3 architecture with random weights and save it as a ``.nemo``."""
-    from model_loader import release_host_memory
+    from parakeet_worker.model import release_host_memory
     from testmodel.architecture import build_full_size_random
 
     path = work_dir / "parakeet-tdt-0.6b-v3-random.nemo"
@@ -161,7 +161,7 @@ def load_reference(path: Path, device: torch.device, dtype: torch.dtype, precisi
     """A second, separately restored copy for NeMo's ``transcribe()``."""
     from nemo.collections.asr.models import ASRModel
 
-    from model_loader import release_host_memory
+    from parakeet_worker.model import release_host_memory
 
     model = ASRModel.restore_from(restore_path=str(path), map_location=device)
     model.eval()
@@ -314,9 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     heldout_dir = Path(args.heldout_dir)
     log = (lambda *a: out(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: out(*a, flush=True))
 
-    from asr_engine import EngineOptions, ParakeetEngine
-    from model_loader import load_model
-    from settings import Settings
+    from parakeet_worker.config import Settings
+    from parakeet_worker.engine import EngineOptions, ParakeetEngine
+    from parakeet_worker.model import load_model
 
     with _work_dir(args.work_dir) as work_dir:
         t0 = time.monotonic()

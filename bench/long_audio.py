@@ -61,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     log = (lambda *a: out(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: out(*a, flush=True))
 
-    from asr_engine import MAX_AUDIO_S, EngineOptions, ParakeetEngine, TranscribeOptions
-    from model_loader import load_model
-    from settings import Settings
+    from parakeet_worker.audio import DEFAULT_MAX_DURATION_S as MAX_AUDIO_S
+    from parakeet_worker.config import Settings
+    from parakeet_worker.engine import EngineOptions, ParakeetEngine, TranscribeOptions
+    from parakeet_worker.model import load_model
     from testmodel.heldout import build_long_audio, load_heldout, wer
 
     rss_start = rss_mib()

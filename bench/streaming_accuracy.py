@@ -141,10 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_nemo()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    from inference import Recognizer
-    from model_loader import load_model
-    from settings import Settings
-    from streaming import StreamingConfig, StreamingRecognizer
+    from parakeet_worker.config import Settings
+    from parakeet_worker.model import Recognizer, load_model
+    from parakeet_worker.streaming import StreamingConfig, StreamingRecognizer
     from testmodel.heldout import load_heldout, wer
 
     loaded = load_model(Settings(model=args.model_path, dtype=args.dtype))

@@ -41,11 +41,11 @@ import numpy as np
 import torch
 from websockets.asyncio.client import connect
 
-from asr_engine import EngineOptions, ParakeetEngine
-from audio_utils import pcm16_to_float32
 from bench.common import machine_info, out, quiet_nemo
 from client import pcm16
-from streaming import StreamingConfig
+from parakeet_worker.audio import pcm16_to_float32
+from parakeet_worker.engine import EngineOptions, ParakeetEngine
+from parakeet_worker.streaming import StreamingConfig
 
 RATE = 16_000
 FRAME_S = 0.02
@@ -232,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_nemo()
     torch.set_num_threads(args.threads)
 
-    from model_loader import load_model
-    from settings import Settings
+    from parakeet_worker.config import Settings
+    from parakeet_worker.model import load_model
+    from parakeet_worker.serving.ws_server import ServerLimits, ServerThread, StreamServer
     from testmodel.heldout import MODEL_PATH, load_heldout, wer
-    from websocket_handler import ServerLimits, ServerThread, StreamServer
 
     clips = load_heldout()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-from inference import Recognizer
-from model_loader import load_model
-from settings import Settings
+from parakeet_worker.config import Settings
+from parakeet_worker.model import Recognizer, load_model
 from testmodel.heldout import ASSETS, MODEL_PATH, Clip, LongClip, WerStats, concatenate, load_heldout, wer
 
 logger = logging.getLogger("testmodel.evaluate")

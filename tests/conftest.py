@@ -36,14 +36,14 @@ def wer_of() -> Callable[[list[str], list[str]], WerStats]:
 @pytest.fixture(scope="session")
 def loaded_test_model(test_model_path: Path):
     """The test model loaded once through the service's own loading code."""
-    from model_loader import load_model
-    from settings import Settings
+    from parakeet_worker.config import Settings
+    from parakeet_worker.model.loader import load_model
 
     return load_model(Settings(model=str(test_model_path)))
 
 
 @pytest.fixture(scope="session")
 def recognizer(loaded_test_model):
-    from inference import Recognizer
+    from parakeet_worker.model.recognizer import Recognizer
 
     return Recognizer(loaded_test_model)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from asr_engine import ParakeetEngine
-from streaming import StreamingRecognizer
-from vad import BatchedVad
+from parakeet_worker.engine.engine import ParakeetEngine
+from parakeet_worker.streaming.recognizer import StreamingRecognizer
+from parakeet_worker.streaming.vad import BatchedVad
 
 
 def pause_end(engine: ParakeetEngine, audio: np.ndarray) -> int | None:

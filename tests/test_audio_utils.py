@@ -21,11 +21,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_utils import (
+from parakeet_worker.audio.media import (
     SAMPLE_RATE,
     AudioLimits,
     DecodedAudio,
-    S3Credentials,
     decode_bytes,
     decode_file,
     fetch_url,
@@ -34,7 +33,8 @@ from audio_utils import (
     pcm16_to_float32,
     resample,
 )
-from errors import (
+from parakeet_worker.config import S3Credentials
+from parakeet_worker.errors import (
     AudioDecodeError,
     AudioTooLargeError,
     AudioTooLongError,
@@ -165,7 +165,7 @@ def test_channels_are_averaged_via_ffmpeg(reference: np.ndarray, tmp_path: Path)
 def test_valid_or_truncated_edge_files_decode_what_is_there(
     caplog: pytest.LogCaptureFixture, name: str, duration_s: float, source_format: str, warning: str | None
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="audio_utils"):
+    with caplog.at_level(logging.WARNING, logger="parakeet_worker.audio.media"):
         audio = decode_file(ASSETS / name)
     _assert_mono_16k(audio, duration_s, tol_s=0.01)
     assert audio.source_format == source_format
@@ -202,7 +202,7 @@ def test_flac_cut_in_half_falls_back_to_ffmpeg_and_keeps_the_first_half(
     caplog: pytest.LogCaptureFixture, reference: np.ndarray, tmp_path: Path
 ) -> None:
     data = (ASSETS / f"{CLIP}.48k_stereo.flac").read_bytes()
-    with caplog.at_level(logging.WARNING, logger="audio_utils"):
+    with caplog.at_level(logging.WARNING, logger="parakeet_worker.audio.media"):
         audio = decode_bytes(data[: len(data) // 2])
     assert 4.0 < audio.duration_s < 7.0
     assert _correlation(audio.samples, reference[: len(audio.samples)]) > 0.99

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from chunking import merge_seam, merge_windows, plan_windows
-from inference import SAMPLE_RATE_HZ, WordTiming
+from parakeet_worker.engine.chunking import merge_seam, merge_windows, plan_windows
+from parakeet_worker.transcript import SAMPLE_RATE_HZ, WordTiming
 
 
 def _words(spec: list[tuple[str, float]], length: float = 0.3) -> list[WordTiming]:

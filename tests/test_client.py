@@ -28,12 +28,12 @@ from typing import Any
 import pytest
 import requests
 
-from asr_engine import EngineOptions, ParakeetEngine
 from client import build_ws_url, describe_status, find_ready, job_error, main, parse_ready
-from settings import Settings
+from parakeet_worker.config import Settings
+from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
+from parakeet_worker.serving.ws_server import ServerLimits, ServerThread, StreamServer
 from testmodel.heldout import HELDOUT_DIR, MODEL_PATH
 from tests.runpod_platform import FakeRunpodPlatform, JobState, free_port, local_api_server, started_worker
-from websocket_handler import ServerLimits, ServerThread, StreamServer
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENT = [sys.executable, str(REPO / "client.py")]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from asr_engine import EngineOptions, ParakeetEngine, TranscribeOptions
-from errors import AudioTooLongError, EmptyAudioError, EngineClosedError, InputError
-from inference import native_rnn_kernels
+from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine, TranscribeOptions
+from parakeet_worker.errors import AudioTooLongError, EmptyAudioError, EngineClosedError, InputError
+from parakeet_worker.model.recognizer import native_rnn_kernels
 from testmodel.evaluate import LONG, documented_wer
 from testmodel.heldout import build_long_audio
 

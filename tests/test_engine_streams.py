@@ -10,11 +10,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from asr_engine import EngineOptions, ParakeetEngine, TranscribeOptions
-from engine_streams import StreamEvent, StreamManager, StreamOptions
-from errors import EngineClosedError, InputError
-from settings import Settings
-from streaming import StreamingRecognizer
+from parakeet_worker.config import Settings
+from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine, TranscribeOptions
+from parakeet_worker.errors import EngineClosedError, InputError
+from parakeet_worker.serving.options import worker_options
+from parakeet_worker.streaming.manager import StreamEvent, StreamManager, StreamOptions
+from parakeet_worker.streaming.recognizer import StreamingRecognizer
 from tests.streams import pause_end, streamed_alone
 
 NO_VAD = StreamOptions(endpointing=False)
@@ -207,8 +208,8 @@ def test_no_early_pass_without_a_final_pass_or_when_switched_off(loaded_test_mod
     finally:
         off.close()
     env = "PARAKEET_STREAM_EARLY_FINAL_S"
-    assert Settings.from_env({env: "0"}).engine_options().stream_early_final_s == 0.0
-    assert Settings().engine_options().stream_early_final_s == 0.16
+    assert worker_options(Settings.from_env({env: "0"})).engine.stream_early_final_s == 0.0
+    assert worker_options(Settings()).engine.stream_early_final_s == 0.16
     with pytest.raises(InputError, match=env):
         Settings.from_env({env: "-1"})
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr_engine import EngineOptions, ParakeetEngine
-from rp_handler import TranscriptionService
-from settings import Settings
+from parakeet_worker.config import Settings
+from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
+from parakeet_worker.serving.runpod_handler import TranscriptionService
 from tests.bad_inputs import BAD_AUDIO_INPUTS, BAD_JOB_INPUTS
 
 AUDIO = Path(__file__).parent / "assets" / "audio"

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from audio_utils import S3Credentials
-from errors import InputError
-from job_input import InfoRequest, TranscribeRequest, parse_job_input
-from settings import _CHOICES, _ENV_NAMES, Settings
+from parakeet_worker.config import _CHOICES, _ENV_NAMES, S3Credentials, Settings
+from parakeet_worker.errors import InputError
+from parakeet_worker.serving.job_input import InfoRequest, TranscribeRequest, parse_job_input
+from parakeet_worker.serving.options import effective_settings
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def test_baked_model_lands_where_the_loader_looks(tmp_path: Path) -> None:
     assert spec is not None and spec.loader is not None
     bake_model = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bake_model)
-    from model_loader import resolve_model_source
+    from parakeet_worker.model.loader import resolve_model_source
 
     def fake_download(*, repo_id: str, revision: str | None, local_dir: str, allow_patterns: list[str]) -> str:
         assert allow_patterns == ["*.nemo"] and revision == "v1"
@@ -250,15 +250,23 @@ def local_imports(entry: str) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        tree = ast.parse((REPO / f"{name}.py").read_text())
+        tree = ast.parse(_module_file(name).read_text())
         for node in ast.walk(tree):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
             for full in names:
-                top = full.split(".")[0]
-                if (REPO / f"{top}.py").is_file():
-                    todo.append(top)
+                parts = full.split(".")
+                todo += [".".join(parts[:i]) for i in range(1, len(parts) + 1) if _module_file(".".join(parts[:i]))]
     return seen
+
+
+def _module_file(name: str) -> Path | None:
+    """The repository file of module ``name`` (``a.b`` -> ``a/b.py`` or ``a/b/__init__.py``), None if not ours."""
+    base = REPO.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
 
 
 def test_dockerignore_matcher_follows_docker_rules() -> None:
@@ -271,10 +279,10 @@ def test_dockerignore_matcher_follows_docker_rules() -> None:
 
 def test_build_context_holds_what_the_worker_runs_and_not_the_rest() -> None:
     kept = set(context_files())
-    needed = {f"{m}.py" for m in local_imports("rp_handler")} | {
+    modules = local_imports("rp_handler") | local_imports("websocket_handler") | local_imports(
+        "parakeet_worker.observability.__main__")
+    needed = {str(_module_file(m).relative_to(REPO)) for m in modules} | {
         "requirements.txt", "test_input.json", "scripts/bake_model.py", TEST_MODEL, "Dockerfile"}
-    if (REPO / "observability.py").is_file():
-        needed |= {f"{m}.py" for m in local_imports("observability")}
     assert not needed - kept, f"the image would miss {sorted(needed - kept)}: fix .dockerignore"
     leaked = sorted(p for p in kept if p.startswith(("tests/", "bench/", "testmodel/", ".venv/", ".git/", ".runpod/"))
                     and p != TEST_MODEL)
@@ -318,7 +326,7 @@ def test_hub_env_inputs_are_the_settings_with_their_real_defaults() -> None:
     assert not missing, f"hub.json does not offer these settings: {sorted(missing)}"
     assert not set(keys) & PLATFORM_SETTINGS
 
-    defaults = Settings()
+    defaults = effective_settings(Settings())
     for item in env:
         key, spec = item["key"], item["input"]
         assert {"name", "type", "description"} <= set(spec) and spec["type"] in HUB_INPUT_TYPES, key
@@ -329,11 +337,11 @@ def test_hub_env_inputs_are_the_settings_with_their_real_defaults() -> None:
         if spec["type"] == "boolean":
             raw = spec["trueValue"] if spec["default"] else spec["falseValue"]
             for value, flag in ((spec["trueValue"], True), (spec["falseValue"], False)):
-                assert getattr(Settings.from_env({key: value}), name) is flag, key
+                assert effective_settings(Settings.from_env({key: value}))[name] is flag, key
         else:
             raw = str(spec["default"])
-        assert getattr(Settings.from_env({key: raw}), name) == getattr(defaults, name), \
-            f"{key}: hub default {spec['default']!r} is not the worker's default {getattr(defaults, name)!r}"
+        assert effective_settings(Settings.from_env({key: raw}))[name] == defaults[name], \
+            f"{key}: hub default {spec['default']!r} is not the worker's default {defaults[name]!r}"
         if spec["type"] == "number":
             low, high = spec.get("min", float("-inf")), spec.get("max", float("inf"))
             assert low <= spec["default"] <= high, key
@@ -380,12 +388,12 @@ def test_deploy_manual_lists_every_variable_with_its_real_default() -> None:
     documented = {name: cell.strip() for name, cell in rows}
     missing = (set(_ENV_NAMES.values()) | set(S3_ENV)) - set(documented)
     assert not missing, f"docs/DEPLOY.md does not document {sorted(missing)}"
-    defaults = Settings()
+    defaults = effective_settings(Settings())
     for env_name, field_name in ((v, k) for k, v in _ENV_NAMES.items() if k not in ("runpod_public_ip",)):
         cell = documented[env_name]
         assert cell.startswith("`") and cell.endswith("`"), f"{env_name}: default should be `quoted`, got {cell}"
-        value = getattr(Settings.from_env({env_name: cell.strip("`")}), field_name)
-        assert value == getattr(defaults, field_name), f"docs/DEPLOY.md: {env_name} default {cell} is wrong"
+        value = effective_settings(Settings.from_env({env_name: cell.strip("`")}))[field_name]
+        assert value == defaults[field_name], f"docs/DEPLOY.md: {env_name} default {cell} is wrong"
 
 
 # ------------------------------------------------------------------------- what the image runs, in a fresh venv

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from errors import InputError
-from job_input import InfoRequest, TranscribeRequest, WebsocketRequest, parse_job_input
+from parakeet_worker.errors import InputError
+from parakeet_worker.serving.job_input import InfoRequest, TranscribeRequest, WebsocketRequest, parse_job_input
 from tests.bad_inputs import BAD_JOB_INPUTS
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from observability import (
+from parakeet_worker.observability.metrics import (
     Metrics,
     RequestRecord,
     build_report,
@@ -191,7 +191,7 @@ def test_metrics_never_raise_into_the_caller(tmp_path: Path, caplog: pytest.LogC
     directory = tmp_path / "is-a-dir"
     directory.mkdir()
     broken = Metrics(directory)  # opening it for append fails at the first write
-    with caplog.at_level(logging.WARNING, logger="observability"):
+    with caplog.at_level(logging.WARNING, logger="parakeet_worker.observability.metrics"):
         assert broken.record("batch", audio_s=1.0, inference_s=0.1) is None
         assert broken.record("batch", audio_s=2.0, inference_s=0.1) is None
     assert broken.failures == 2 and broken.written == 0
@@ -276,7 +276,7 @@ def test_percentile_interpolates_like_numpy() -> None:
 
 def test_report_command_prints_text_and_json(tmp_path: Path) -> None:
     path, _ = _fixture_files(tmp_path)
-    base = [sys.executable, "-m", "observability", "report", str(path), "--end", "1800000000"]
+    base = [sys.executable, "-m", "parakeet_worker.observability", "report", str(path), "--end", "1800000000"]
     as_json = subprocess.run([*base, "--window", "3600", "--json"], cwd=REPO, capture_output=True, text=True,
                              timeout=60)
     assert as_json.returncode == 0, as_json.stderr
@@ -284,6 +284,6 @@ def test_report_command_prints_text_and_json(tmp_path: Path) -> None:
     assert report["count"] == 30 and report["error_rate"] == 0.1 and set(report["stats"]["rtfx"]) >= {"p50", "p99"}
     as_text = subprocess.run([*base, "--window", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert as_text.returncode == 0 and "requests: 60" in as_text.stdout and "p95" in as_text.stdout
-    missing = subprocess.run([sys.executable, "-m", "observability", "report", str(tmp_path / "none.jsonl")],
+    missing = subprocess.run([sys.executable, "-m", "parakeet_worker.observability", "report", str(tmp_path / "none.jsonl")],
                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no metrics file" in missing.stderr

@@ -15,16 +15,17 @@ import pytest
 import torch
 
 from bench.streaming_accuracy import stream_staggered
-from errors import EngineOverloadedError, InputError
-from inference import SAMPLE_RATE_HZ
-from settings import Settings
-from streaming import (
+from parakeet_worker.config import Settings
+from parakeet_worker.errors import EngineOverloadedError, InputError
+from parakeet_worker.serving.options import worker_options
+from parakeet_worker.streaming.recognizer import (
     StreamBacklogError,
     StreamingConfig,
     StreamingRecognizer,
     Token,
     stream_whole,
 )
+from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
 TICK_S = 0.02  # clients send 20 ms frames
 
@@ -326,7 +327,7 @@ def test_final_pass_is_skipped_when_asked_or_when_the_utterance_is_too_long(reco
     with pytest.raises(ValueError, match="final_pass_max_s"):
         StreamingConfig(final_pass_max_s=-1.0)
     env = "PARAKEET_STREAM_FINAL_PASS_MAX_S"
-    assert Settings.from_env({env: "0"}).engine_options().streaming.final_pass_max_s == 0.0
-    assert Settings().engine_options().streaming.final_pass_max_s == StreamingConfig().final_pass_max_s == 20.0
+    assert worker_options(Settings.from_env({env: "0"})).engine.streaming.final_pass_max_s == 0.0
+    assert worker_options(Settings()).engine.streaming.final_pass_max_s == StreamingConfig().final_pass_max_s == 20.0
     with pytest.raises(InputError, match="final_pass_max_s"):
-        Settings.from_env({env: "-5"})
+        worker_options(Settings.from_env({env: "-5"}))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from inference import SegmentTiming, WordTiming
-from subtitles import MAX_CUE_S, cues_from_words, to_srt, to_vtt
+from parakeet_worker.serving.subtitles import MAX_CUE_S, cues_from_words, to_srt, to_vtt
+from parakeet_worker.transcript import SegmentTiming, WordTiming
 
 WORDS = [WordTiming(w, 0.5 + i * 0.4, 0.8 + i * 0.4) for i, w in enumerate("turn on the kitchen lights".split())]
 WORDS += [WordTiming(w, 5.0 + i * 0.4, 5.3 + i * 0.4) for i, w in enumerate(("set the timer to ten minutes " * 4).split())]

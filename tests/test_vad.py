@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vad import FRAME_SAMPLES, BatchedVad, EndpointConfig, VadUnavailableError, silero_model_path
+from parakeet_worker.streaming.vad import (
+    FRAME_SAMPLES,
+    BatchedVad,
+    EndpointConfig,
+    VadUnavailableError,
+    silero_model_path,
+)
 
 
 @pytest.fixture(scope="module")

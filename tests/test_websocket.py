@@ -19,11 +19,11 @@ import soxr
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from asr_engine import EngineOptions, ParakeetEngine
 from client import pcm16
-from settings import Settings
+from parakeet_worker.config import Settings
+from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
+from parakeet_worker.serving.ws_server import ServerLimits, StreamServer
 from tests.streams import streamed_alone
-from websocket_handler import ServerLimits, StreamServer
 
 TOKEN = "test-token"
 FRAME_S = 0.02

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from inference import SegmentTiming, WordTiming
+from parakeet_worker.transcript import SegmentTiming, WordTiming
 
 MAX_CUE_S = 6.0
 MAX_CUE_CHARS = 84

@@ -12,7 +12,6 @@ waits for that session's summary; standalone, a fixed token admits any number of
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import contextlib
@@ -20,7 +19,6 @@ import http
 import json
 import logging
 import secrets
-import signal
 import threading
 import time
 import uuid
@@ -36,13 +34,12 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from asr_engine import ParakeetEngine
-from audio_utils import pcm16_to_float32
-from engine_streams import StreamEvent, StreamHandle, StreamOptions
-from errors import EngineClosedError, EngineOverloadedError, ParakeetError
-from observability import Metrics, log_context, setup_logging
-from settings import Settings
-from vad import EndpointConfig
+from parakeet_worker.audio import pcm16_to_float32
+from parakeet_worker.config import Settings
+from parakeet_worker.engine import ParakeetEngine
+from parakeet_worker.errors import EngineClosedError, EngineOverloadedError, ParakeetError
+from parakeet_worker.observability import Metrics, log_context
+from parakeet_worker.streaming import EndpointConfig, StreamEvent, StreamHandle, StreamOptions
 
 logger = logging.getLogger("websocket_handler")
 
@@ -107,9 +104,7 @@ class StreamServer:
         self.engine = engine
         self.metrics = metrics or Metrics(None)
         self.settings = settings
-        self.limits = limits or ServerLimits(
-            max_sessions=settings.ws_max_sessions, idle_timeout_s=settings.ws_idle_timeout_s,
-            max_session_s=settings.ws_max_session_s)
+        self.limits = limits or ServerLimits()
         self._ready = ready or (lambda: True)
         self._grants: dict[str, Grant] = {}
         self._sessions: set[Session] = set()
@@ -585,36 +580,3 @@ def public_address(settings: Settings, port: int) -> tuple[str, int, str]:
         return settings.runpod_public_ip, settings.runpod_tcp_port, "public"
     host = settings.ws_host if settings.ws_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     return host, port, "internal"
-
-
-async def _serve_standalone(args: argparse.Namespace) -> None:
-    settings = Settings.from_env()
-    settings = replace(settings, ws_host=args.host, ws_port=args.port)
-    engine = await asyncio.to_thread(ParakeetEngine.from_settings, settings, settings.engine_options())
-    server = StreamServer(engine, settings)
-    await server.start()
-    token = args.token or secrets.token_urlsafe(18)
-    server.grant(None, token=token, multi_use=True)
-    host, port, _ = public_address(settings, server.port)
-    logger.info("ready: ws://%s:%d/?token=%s", host, port, token)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop()
-    engine.close()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Standalone real-time transcription server (no RunPod needed).")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--token", default=None, help="the token clients pass as ?token=...; default: generated")
-    args = parser.parse_args()
-    setup_logging()
-    asyncio.run(_serve_standalone(args))
-
-
-if __name__ == "__main__":
-    main()

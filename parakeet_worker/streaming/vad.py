@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import ParakeetError
+from parakeet_worker.errors import ParakeetError
 
 logger = logging.getLogger(__name__)
 

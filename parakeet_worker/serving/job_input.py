@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from errors import InputError
+from parakeet_worker.errors import InputError
 
 OutputFormat = Literal["json", "text", "srt", "vtt"]
 OUTPUT_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt")

@@ -55,8 +55,9 @@ import numpy as np
 import torch
 from omegaconf import open_dict
 
-from errors import EngineOverloadedError
-from inference import SAMPLE_RATE_HZ, Recognizer, Transcript, WordTiming, native_rnn_kernels
+from parakeet_worker.errors import EngineOverloadedError
+from parakeet_worker.model import Recognizer, native_rnn_kernels
+from parakeet_worker.transcript import SAMPLE_RATE_HZ, Transcript, WordTiming
 
 ENCODER_FRAME_S = 0.08  # Parakeet: 10 ms feature hop x 8 subsampling
 SENTENCEPIECE_WORD_START = "\u2581"  # "▁" begins a new word in SentencePiece vocabularies

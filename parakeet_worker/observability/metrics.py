@@ -473,7 +473,7 @@ def format_report(report: Report) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m observability", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m parakeet_worker.observability", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("report", help="summarise a metrics file (and its rotated backups) over a window")
     rep.add_argument("file", help="the metrics file (PARAKEET_METRICS_FILE)")

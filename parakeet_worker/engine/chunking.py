@@ -15,7 +15,7 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from inference import SAMPLE_RATE_HZ, WordTiming
+from parakeet_worker.transcript import SAMPLE_RATE_HZ, WordTiming
 
 
 @dataclass(frozen=True)

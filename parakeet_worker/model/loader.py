@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 import torch
 
-from errors import ModelLoadError
-from settings import Settings
+from parakeet_worker.config import Settings
+from parakeet_worker.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 

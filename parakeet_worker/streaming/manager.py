@@ -45,11 +45,12 @@ from typing import Literal
 
 import numpy as np
 
-from errors import EngineClosedError
-from inference import SAMPLE_RATE_HZ, Recognizer, Transcript
-from interruptible import InterruptibleRunner, checkpoint_modules
-from streaming import StepResult, StreamBacklogError, StreamingRecognizer, StreamState
-from vad import BatchedVad, EndpointConfig, VadStream, VadUnavailableError
+from parakeet_worker.errors import EngineClosedError
+from parakeet_worker.model import Recognizer
+from parakeet_worker.streaming.interruptible import InterruptibleRunner, checkpoint_modules
+from parakeet_worker.streaming.recognizer import StepResult, StreamBacklogError, StreamingRecognizer, StreamState
+from parakeet_worker.streaming.vad import BatchedVad, EndpointConfig, VadStream, VadUnavailableError
+from parakeet_worker.transcript import SAMPLE_RATE_HZ, Transcript
 
 logger = logging.getLogger(__name__)
 

@@ -23,29 +23,39 @@ from typing import Literal, TypeVar
 import numpy as np
 import torch
 
-import chunked_subsampling
-from chunking import Window, merge_windows, plan_windows
-from engine_streams import EventCallback, StreamHandle, StreamManager, StreamOptions
-from errors import AudioTooLongError, EmptyAudioError, EngineClosedError, EngineOverloadedError, InputError
-from inference import (
+from parakeet_worker.audio import DEFAULT_MAX_DURATION_S
+from parakeet_worker.config import Settings
+from parakeet_worker.engine.chunking import Window, merge_windows, plan_windows
+from parakeet_worker.errors import (
+    AudioTooLongError,
+    EmptyAudioError,
+    EngineClosedError,
+    EngineOverloadedError,
+    InputError,
+)
+from parakeet_worker.model import LoadedModel, Recognizer, chunked_subsampling, load_model
+from parakeet_worker.streaming import (
+    EventCallback,
+    StreamHandle,
+    StreamingConfig,
+    StreamingRecognizer,
+    StreamManager,
+    StreamOptions,
+)
+from parakeet_worker.transcript import (
     SAMPLE_RATE_HZ,
-    Recognizer,
     SegmentTiming,
     TokenTiming,
     Transcript,
     WordTiming,
     segments_from_words,
 )
-from model_loader import LoadedModel, load_model
-from settings import Settings
-from streaming import StreamingConfig, StreamingRecognizer
 
 logger = logging.getLogger(__name__)
 
 MODEL_CARD_FULL_ATTENTION_S = 24 * 60  # parakeet-tdt-0.6b-v3 model card: 24 min in one pass on an 80 GB A100
 MODEL_CARD_GPU_BYTES = 80 * 1024**3
 CPU_FULL_ATTENTION_S = 10 * 60  # on CPU the quadratic attention cost, not memory, is the limit
-MAX_AUDIO_S = 3 * 3600 + 60  # the model card's 3 hours with local attention, plus a margin
 MIN_AUDIO_S = 0.1
 LOCAL_ATTENTION_CONTEXT = (256, 256)
 PARAKEET_V3_LANGUAGES = ("bg", "hr", "cs", "da", "nl", "en", "et", "fi", "fr", "de", "el", "hu", "it", "lv", "lt",
@@ -62,7 +72,7 @@ class EngineOptions:
     batch_wait_ms: float = 5.0
     max_batch_audio_s: float = 480.0  # padded audio seconds in one forward pass
     full_attention_max_s: float | None = None  # None: from the model card, scaled by device memory
-    max_audio_s: float = MAX_AUDIO_S
+    max_audio_s: float = DEFAULT_MAX_DURATION_S  # the one limit on audio length, shared with the decoder
     default_chunk_s: float = 60.0
     default_overlap_s: float = 5.0
     max_queue: int = 1024

@@ -23,14 +23,21 @@ from typing import Any
 
 import runpod
 
-from asr_engine import ParakeetEngine, TranscribeOptions, TranscriptionResult
-from audio_utils import DecodedAudio, load_audio_input
-from errors import ModelLoadError, ParakeetError
-from job_input import AudioSource, InfoRequest, TranscribeRequest, WebsocketRequest, parse_job_input
-from observability import Metrics, log_context, setup_logging
-from settings import Settings
-from subtitles import cues_from_words, to_srt, to_vtt
-from websocket_handler import PROTOCOL_VERSION, ServerThread, StreamServer, public_address
+from parakeet_worker.audio import DecodedAudio, load_audio_input
+from parakeet_worker.config import Settings
+from parakeet_worker.engine import ParakeetEngine, TranscribeOptions, TranscriptionResult
+from parakeet_worker.errors import ModelLoadError, ParakeetError
+from parakeet_worker.observability import Metrics, log_context, setup_logging
+from parakeet_worker.serving.job_input import (
+    AudioSource,
+    InfoRequest,
+    TranscribeRequest,
+    WebsocketRequest,
+    parse_job_input,
+)
+from parakeet_worker.serving.options import WorkerOptions, worker_options
+from parakeet_worker.serving.subtitles import cues_from_words, to_srt, to_vtt
+from parakeet_worker.serving.ws_server import PROTOCOL_VERSION, ServerThread, StreamServer, public_address
 
 logger = logging.getLogger("rp_handler")
 
@@ -74,9 +81,10 @@ class TranscriptionService:
     """The handler's state: the engine and the settings. ``handle`` is the RunPod handler."""
 
     def __init__(self, engine: ParakeetEngine, settings: Settings, streams: StreamServer | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, options: WorkerOptions | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.options = options or worker_options(settings)
         self.streams = streams  # the worker's WebSocket server (None: this worker serves batch jobs only)
         self.metrics = metrics or Metrics(None)
 
@@ -88,8 +96,8 @@ class TranscriptionService:
         info["languages"] = list(info["languages"])
         info["local_attention_context"] = list(info["local_attention_context"])
         info["limits"] = {
-            "max_audio_s": self.settings.max_audio_s, "full_attention_max_s": info.pop("full_attention_max_s"),
-            "max_download_bytes": self.settings.max_download_bytes, "concurrency": self.settings.concurrency,
+            "max_audio_s": self.options.audio.max_duration_s, "full_attention_max_s": info.pop("full_attention_max_s"),
+            "max_download_bytes": self.options.audio.max_bytes, "concurrency": self.settings.concurrency,
             "runpod_payload_mb": {"run": 10, "runsync": 20},
         }
         info["worker_version"] = WORKER_VERSION
@@ -104,8 +112,8 @@ class TranscriptionService:
     async def _handle(self, job: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
         try:
-            request = parse_job_input(job.get("input"), max_session_s=self.settings.ws_max_session_s,
-                                      max_idle_s=max(600.0, self.settings.ws_idle_timeout_s))
+            request = parse_job_input(job.get("input"), max_session_s=self.options.server.max_session_s,
+                                      max_idle_s=max(600.0, self.options.server.idle_timeout_s))
         except ParakeetError as exc:
             logger.info("job %s refused: %s", job.get("id"), exc)
             self.metrics.record("batch", audio_s=0.0, error_code=exc.code, total_s=time.monotonic() - started)
@@ -170,7 +178,7 @@ class TranscriptionService:
                    reporter: _Progress) -> dict[str, Any]:
         started = time.monotonic()
         audio: DecodedAudio = await asyncio.to_thread(
-            load_audio_input, source.value, format_hint=source.format_hint, limits=self.settings.audio_limits(),
+            load_audio_input, source.value, format_hint=source.format_hint, limits=self.options.audio,
             s3=self.settings.s3, work_dir=work_dir,
         )
         reporter.update({"stage": "transcribing", "audio_seconds": round(audio.duration_s, 3)})
@@ -221,8 +229,9 @@ def main() -> None:
     logger.info("parakeet worker %s starting (runpod %s); RunPod environment: %s", WORKER_VERSION,
                 runpod.__version__, _runpod_environment() or "none (running locally)")
     metrics = Metrics(settings.metrics_path())
+    options = worker_options(settings)
     try:
-        engine = ParakeetEngine.from_settings(settings, settings.engine_options())
+        engine = ParakeetEngine.from_settings(settings, options.engine)
     except ModelLoadError as exc:
         logger.error("%s", exc)
         sys.exit(2)
@@ -233,7 +242,7 @@ def main() -> None:
         sys.exit(3)
     streams: StreamServer | None = None
     try:
-        streams = ServerThread(StreamServer(engine, settings, metrics=metrics)).start()
+        streams = ServerThread(StreamServer(engine, settings, options.server, metrics=metrics)).start()
     except OSError as exc:  # batch jobs still work; websocket jobs get an error naming the problem
         logger.error("WebSocket server could not listen on %s:%d (%s); websocket jobs will fail until "
                      "PARAKEET_WS_PORT names a free port", settings.ws_host, settings.ws_port, exc)
@@ -245,7 +254,7 @@ def main() -> None:
     info = engine.info()
     logger.info("ready: %s (%s, %s parameters) on %s/%s, load %.1f s, warm-up %.2f s", info.model, info.source,
                 f"{info.parameters:,}", info.device, info.dtype, info.load_seconds, info.warmup_seconds)
-    service = TranscriptionService(engine, settings, streams, metrics)
+    service = TranscriptionService(engine, settings, streams, metrics, options)
     runpod.serverless.start({"handler": service.handle, "concurrency_modifier": service.concurrency})
 
 
