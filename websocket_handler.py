@@ -1,0 +1,15 @@
+"""The real-time WebSocket server (protocol: docs/PROTOCOL.md), standalone without RunPod::
+
+    python websocket_handler.py --port 8765 --token secret      # or no --token: one is generated and logged
+
+On RunPod the worker (``rp_handler.py``) runs the same server beside its job loop. The server lives in
+:mod:`parakeet_worker.serving.ws_server`.
+"""
+
+from parakeet_worker.serving.standalone import main
+from parakeet_worker.serving.ws_server import PROTOCOL_VERSION, ServerLimits, ServerThread, StreamServer
+
+__all__ = ["PROTOCOL_VERSION", "ServerLimits", "ServerThread", "StreamServer", "main"]
+
+if __name__ == "__main__":
+    main()
