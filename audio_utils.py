@@ -4,15 +4,25 @@ The public entry points; the code lives in :mod:`parakeet_worker.audio`.
 """
 
 from parakeet_worker.audio import (
-           AudioLimits,
-           DecodedAudio,
-           decode_bytes,
-           decode_file,
-           fetch_url,
-           load_audio_input,
-           load_base64,
-           pcm16_to_float32,
+    AudioLimits,
+    DecodedAudio,
+    decode_bytes,
+    decode_file,
+    fetch_url,
+    load_audio_input,
+    load_base64,
+    pcm16_to_float32,
+    resample,
 )
 
-__all__ = ["AudioLimits", "DecodedAudio", "decode_bytes", "decode_file", "fetch_url", "load_audio_input", "load_base64",
-           "pcm16_to_float32"]
+__all__ = [
+    "AudioLimits",
+    "DecodedAudio",
+    "decode_bytes",
+    "decode_file",
+    "fetch_url",
+    "load_audio_input",
+    "load_base64",
+    "pcm16_to_float32",
+    "resample",
+]

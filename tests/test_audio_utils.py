@@ -1,4 +1,4 @@
-"""audio_utils turns real files, base64 and real downloads into 16 kHz mono float32, or into typed errors.
+"""The audio layer turns real files, base64 and real downloads into 16 kHz mono float32, or into typed errors.
 
 Real files (tests/assets/audio, see ATTRIBUTION.md), real ffmpeg, a real HTTP server on 127.0.0.1 in a thread.
 """
@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from parakeet_worker.audio.media import (
-    SAMPLE_RATE,
+from parakeet_worker.audio import (
     AudioLimits,
     DecodedAudio,
     decode_bytes,
@@ -44,6 +43,7 @@ from parakeet_worker.errors import (
     UnsupportedFormatError,
     UrlNotAllowedError,
 )
+from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
 ASSETS = Path(__file__).parent / "assets" / "audio"
 CLIP = "en_librispeech_2412-153948-0000"
@@ -56,7 +56,7 @@ LOCAL = AudioLimits(allow_private_urls=True, download_timeout_s=5.0)
 @pytest.fixture(scope="module")
 def reference() -> np.ndarray:
     samples, rate = sf.read(REFERENCE, dtype="float32")  # read independently of the code under test
-    assert rate == SAMPLE_RATE
+    assert rate == SAMPLE_RATE_HZ
     return samples
 
 
@@ -73,10 +73,10 @@ def _correlation(x: np.ndarray, ref: np.ndarray, max_lag: int = 800) -> float:
 
 
 def _assert_mono_16k(audio: DecodedAudio, duration_s: float, tol_s: float = 0.06) -> None:
-    assert audio.sample_rate == SAMPLE_RATE
+    assert audio.sample_rate == SAMPLE_RATE_HZ
     assert audio.samples.dtype == np.float32 and audio.samples.ndim == 1
     assert audio.duration_s == pytest.approx(duration_s, abs=tol_s)
-    assert audio.duration_s == len(audio.samples) / SAMPLE_RATE
+    assert audio.duration_s == len(audio.samples) / SAMPLE_RATE_HZ
 
 
 def _ffmpeg(*args: str | Path) -> None:
@@ -131,19 +131,19 @@ def test_real_22k05_clip_keeps_its_duration() -> None:
 
 @pytest.mark.parametrize("channels", [2, 3])
 def test_channels_are_averaged_via_libsndfile(reference: np.ndarray, tmp_path: Path, channels: int) -> None:
-    t = np.arange(len(reference)) / SAMPLE_RATE
+    t = np.arange(len(reference)) / SAMPLE_RATE_HZ
     columns = [reference, 0.5 * np.sin(2 * np.pi * 440 * t), -0.25 * reference][:channels]
     multi = np.stack(columns, axis=1).astype(np.float32)
     path = tmp_path / "multi.wav"
-    sf.write(path, multi, SAMPLE_RATE, subtype="FLOAT")
+    sf.write(path, multi, SAMPLE_RATE_HZ, subtype="FLOAT")
     np.testing.assert_allclose(decode_file(path).samples, multi.mean(axis=1), atol=1e-6)
 
 
 def test_channels_are_averaged_via_ffmpeg(reference: np.ndarray, tmp_path: Path) -> None:
-    t = np.arange(len(reference)) / SAMPLE_RATE
+    t = np.arange(len(reference)) / SAMPLE_RATE_HZ
     stereo = np.stack([reference, 0.5 * np.sin(2 * np.pi * 440 * t)], axis=1).astype(np.float32)
     wav, mka = tmp_path / "stereo.wav", tmp_path / "stereo.mka"
-    sf.write(wav, stereo, SAMPLE_RATE, subtype="FLOAT")
+    sf.write(wav, stereo, SAMPLE_RATE_HZ, subtype="FLOAT")
     _ffmpeg("-i", wav, "-c:a", "pcm_f32le", mka)  # lossless PCM in Matroska: only ffmpeg reads it
     audio = decode_file(mka)
     assert audio.source_format == "webm"
@@ -165,7 +165,7 @@ def test_channels_are_averaged_via_ffmpeg(reference: np.ndarray, tmp_path: Path)
 def test_valid_or_truncated_edge_files_decode_what_is_there(
     caplog: pytest.LogCaptureFixture, name: str, duration_s: float, source_format: str, warning: str | None
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="parakeet_worker.audio.media"):
+    with caplog.at_level(logging.WARNING, logger="parakeet_worker.audio"):
         audio = decode_file(ASSETS / name)
     _assert_mono_16k(audio, duration_s, tol_s=0.01)
     assert audio.source_format == source_format
@@ -202,7 +202,7 @@ def test_flac_cut_in_half_falls_back_to_ffmpeg_and_keeps_the_first_half(
     caplog: pytest.LogCaptureFixture, reference: np.ndarray, tmp_path: Path
 ) -> None:
     data = (ASSETS / f"{CLIP}.48k_stereo.flac").read_bytes()
-    with caplog.at_level(logging.WARNING, logger="parakeet_worker.audio.media"):
+    with caplog.at_level(logging.WARNING, logger="parakeet_worker.audio"):
         audio = decode_bytes(data[: len(data) // 2])
     assert 4.0 < audio.duration_s < 7.0
     assert _correlation(audio.samples, reference[: len(audio.samples)]) > 0.99
@@ -282,9 +282,9 @@ def test_pcm16_to_float32() -> None:
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
 def test_resample_keeps_duration_and_frequency(rate: int) -> None:
     tone = np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)
-    out = resample(tone, rate, SAMPLE_RATE)
-    assert out.dtype == np.float32 and len(out) == SAMPLE_RATE
-    expected = np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)
+    out = resample(tone, rate, SAMPLE_RATE_HZ)
+    assert out.dtype == np.float32 and len(out) == SAMPLE_RATE_HZ
+    expected = np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE_HZ) / SAMPLE_RATE_HZ)
     np.testing.assert_allclose(out[200:-200], expected[200:-200], atol=1e-3)
     assert resample(tone, rate, rate) is tone
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parakeet_worker.observability.metrics import (
+from parakeet_worker.observability import (
     Metrics,
     RequestRecord,
     build_report,

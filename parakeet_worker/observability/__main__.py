@@ -2,6 +2,6 @@
 
 import sys
 
-from parakeet_worker.observability.metrics import main
+from parakeet_worker.observability.report import main
 
 sys.exit(main())
