@@ -5,8 +5,9 @@
 
 The label-looping TDT decoder steps its prediction network (an LSTM) one label at a time: thousands of
 ``batch x 1-step`` LSTM calls per minute of audio. oneDNN's RNN primitive is built for long sequences and large
-batches and costs more per such call than PyTorch's native kernel, so :func:`inference.native_rnn_kernels` turns
-oneDNN off around decoding (never around the encoder, whose convolutions are faster with it; measured below too).
+batches and costs more per such call than PyTorch's native kernel, so
+:func:`parakeet_worker.model.native_rnn_kernels` turns oneDNN off around decoding (never around the encoder, whose
+convolutions are faster with it; measured below too).
 
 Encodes held-out speech once per shape, then times the same decoding both ways in this process (median of
 ``--repeats``) and checks the tokens are identical. Prints one row per (batch, frames) with the ratio.
@@ -30,6 +31,7 @@ import torch
 
 from bench.common import machine_info, out, quiet_nemo
 from parakeet_worker.model import native_rnn_kernels
+from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
 
 def paired_ms(first: Callable[[], object], second: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for frames in args.frames:
         seconds = frames * recognizer.frame_s
-        window = speech[: int(round(seconds * 16_000))]
+        window = speech[: int(round(seconds * SAMPLE_RATE_HZ))]
         # Encoder, both ways (one row), so the choice to keep oneDNN there is measured too.
         encode_ms = paired_ms(partial(recognizer.encode, [window]), partial(encode_native, recognizer, window),
                               max(3, args.repeats // 2))
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             enc, enc_len = recognizer.encode([window] * batch)
             enc = enc.transpose(1, 2).contiguous()
             enc_len = enc_len.clamp(max=frames)
-            onednn = partial(decode_onednn, streamer.computer, enc, enc_len)
+            onednn = partial(decode_onednn, streamer.decoder.computer, enc, enc_len)
             native = partial(decode_native, streamer, enc, enc_len)
             same = onednn() == native()
             ms_onednn, ms_native = paired_ms(onednn, native, args.repeats)

@@ -38,17 +38,19 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from bench.common import hwm_mib, machine_info, out, quiet_nemo, rss_mib
+from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
-SAMPLE_RATE_HZ = 16_000
+if TYPE_CHECKING:
+    from parakeet_worker.engine import BucketLimits, BucketPolicy
 NEMO_MIN_PAD_S = 1.0  # TranscriptionTensorDataset pads shorter inputs to 1 s (both sides); the engine does not
 
 
@@ -183,8 +185,8 @@ def load_reference(path: Path, device: torch.device, dtype: torch.dtype, precisi
 
 
 # --- runs ----------------------------------------------------------------------------------------------------------
-def instrument_engine(engine: Any, clock: _Clock) -> None:
-    rec = engine.recognizer
+def instrument_recognizer(rec: Any, clock: _Clock) -> None:
+    """Time the engine's recognizer (handed to the engine with ``recognizer=``): encode, decode, batch shapes."""
     rec.encode = clock.timed(rec.encode, "encode_s")
     rec.decode = clock.timed(rec.decode, "decode_s")
     original = rec.transcribe
@@ -210,25 +212,24 @@ def instrument_nemo(model: Any, clock: _Clock) -> None:
                                                                  "decode_s")
 
 
-def padding_aware_buckets(engine: Any, max_padding: float) -> Callable[[list[Any]], list[list[Any]]]:
-    """A proposed replacement for ``ParakeetEngine._buckets``: as the stock one (sorted by length, bounded by
-    count and padded seconds), and also start a new group when padding would exceed ``max_padding`` of the real
-    audio in the group. Installed on the instance only (``--max-padding``); the engine's file is untouched."""
-    cap = int(engine.options.max_batch_audio_s * SAMPLE_RATE_HZ)
-    max_batch = engine.options.max_batch
+def padding_aware_buckets(max_padding: float) -> BucketPolicy:
+    """A proposed bucketing policy (the engine's ``bucketing=`` hook): as the stock one (sorted by length, bounded
+    by count and padded samples), and also start a new group when padding would exceed ``max_padding`` of the real
+    audio in the group. Used with ``--max-padding`` only; the engine's default is untouched."""
 
-    def buckets(items: list[Any]) -> list[list[Any]]:
-        groups: list[list[Any]] = []
-        current: list[Any] = []
+    def buckets(lengths: Sequence[int], limits: BucketLimits) -> list[list[int]]:
+        groups: list[list[int]] = []
+        current: list[int] = []
         real = 0
-        for item in sorted(items, key=lambda i: i.samples):
-            padded = item.samples * (len(current) + 1)
-            if current and (len(current) >= max_batch or padded > cap
-                            or padded > (real + item.samples) * (1 + max_padding)):
+        for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+            samples = lengths[index]
+            padded = samples * (len(current) + 1)
+            if current and (len(current) >= limits.max_batch or padded > limits.max_padded_samples
+                            or padded > (real + samples) * (1 + max_padding)):
                 groups.append(current)
                 current, real = [], 0
-            current.append(item)
-            real += item.samples
+            current.append(index)
+            real += samples
         if current:
             groups.append(current)
         return groups
@@ -316,19 +317,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from parakeet_worker.config import Settings
     from parakeet_worker.engine import EngineOptions, ParakeetEngine
-    from parakeet_worker.model import load_model
+    from parakeet_worker.model import Recognizer, load_model
 
     with _work_dir(args.work_dir) as work_dir:
         t0 = time.monotonic()
         if args.model == "test":
             model_path = Path(args.model_path) if args.model_path else MODEL_PATH
             inputs = test_inputs(heldout_dir, args.minutes, args.seed)
-            how_loaded = "model_loader.load_model on the committed .nemo"
+            how_loaded = "parakeet_worker.model.load_model on the committed .nemo"
         else:
             model_path = Path(args.model_path) if args.model_path else build_full_nemo(work_dir)
             inputs = full_inputs(heldout_dir, args.clips, args.min_s, args.max_s, args.seed)
             how_loaded = ("testmodel.architecture.build_full_size_random -> save_to(.nemo) -> "
-                          "model_loader.load_model (engine) and ASRModel.restore_from (NeMo)")
+                          "parakeet_worker.model.load_model (engine) and ASRModel.restore_from (NeMo)")
         build_s = time.monotonic() - t0
         audio_s = sum(x.seconds for x in inputs)
         log(f"model {model_path} ({args.model}), {len(inputs)} inputs, {audio_s:.1f} s of audio, "
@@ -348,12 +349,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"loaded: engine copy {engine_load_s:.1f} s, NeMo copy {nemo_load_s:.1f} s (model build {build_s:.1f} s); "
             f"RSS {rss_mib():.0f} MiB")
 
-        engine = ParakeetEngine(loaded, EngineOptions(max_batch=args.batch_size, batch_wait_ms=args.batch_wait_ms))
+        eng_clock, nemo_clock = _Clock(), _Clock()
+        recognizer = Recognizer(loaded)
+        instrument_recognizer(recognizer, eng_clock)
+        bucketing = None if args.max_padding is None else padding_aware_buckets(args.max_padding)
+        engine = ParakeetEngine(loaded, EngineOptions(max_batch=args.batch_size, batch_wait_ms=args.batch_wait_ms),
+                                recognizer=recognizer, bucketing=bucketing)
         try:
-            eng_clock, nemo_clock = _Clock(), _Clock()
-            instrument_engine(engine, eng_clock)
-            if args.max_padding is not None:
-                engine._buckets = padding_aware_buckets(engine, args.max_padding)
             instrument_nemo(reference, nemo_clock)
 
             t0 = time.monotonic()
@@ -412,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "batch_wait_ms": args.batch_wait_ms,
         "engine_bucketing": ("stock" if args.max_padding is None else
-                             f"padding-aware (max padding {args.max_padding:g}, proposed; not in asr_engine.py)"),
+                             f"padding-aware (max padding {args.max_padding:g}, proposed; not the engine's default)"),
         "repeats": repeats,
         "inputs": len(inputs),
         "audio_s": round(audio_s, 2),

@@ -30,8 +30,7 @@ from typing import Any
 import torch
 
 from bench.common import RssSampler, hwm_mib, machine_info, out, quiet_nemo, reset_hwm, rss_mib
-
-SAMPLE_RATE_HZ = 16_000
+from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from bench.common import machine_info, out, quiet_nemo
+from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
-SAMPLE_RATE_HZ = 16_000
 TICK_S = 0.02
 
 

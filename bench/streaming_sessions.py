@@ -46,8 +46,8 @@ from client import pcm16
 from parakeet_worker.audio import pcm16_to_float32
 from parakeet_worker.engine import EngineOptions, ParakeetEngine
 from parakeet_worker.streaming import StreamingConfig
+from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
-RATE = 16_000
 FRAME_S = 0.02
 GAP_S = 1.2
 CLIENT_VAD_WAIT_S = 0.2
@@ -62,10 +62,10 @@ def as_received(audio: np.ndarray) -> np.ndarray:
 def utterance_segments(audio: np.ndarray, speech_ends: list[float]) -> list[np.ndarray]:
     """The audio of each utterance exactly as the server cuts it: a finalize applies at the position of the
     audio sent before it, i.e. after the first 20 ms frame that reaches speech end + the client's VAD wait."""
-    step = int(FRAME_S * RATE)
+    step = int(FRAME_S * SAMPLE_RATE_HZ)
     cuts = []
     for end in speech_ends:
-        target = (end + CLIENT_VAD_WAIT_S) * RATE
+        target = (end + CLIENT_VAD_WAIT_S) * SAMPLE_RATE_HZ
         sent = -(-int(np.ceil(target - 1e-6)) // step) * step  # first frame boundary at or after the target
         if sent <= len(audio):
             cuts.append(sent)
@@ -97,9 +97,9 @@ def session_audio(clips: list[Any], seconds: float, rng: random.Random) -> tuple
     noise = np.random.default_rng(rng.randrange(1 << 30))
     while t < seconds:
         clip = rng.choice(clips)
-        gap = (noise.standard_normal(int(GAP_S * RATE)) * 10 ** (GAP_NOISE_DBFS / 20)).astype(np.float32)
+        gap = (noise.standard_normal(int(GAP_S * SAMPLE_RATE_HZ)) * 10 ** (GAP_NOISE_DBFS / 20)).astype(np.float32)
         parts += [clip.audio, gap]
-        t += len(clip.audio) / RATE
+        t += len(clip.audio) / SAMPLE_RATE_HZ
         ends.append(t)
         t += GAP_S
         used.append(clip)
@@ -111,7 +111,7 @@ async def run_client(url: str, audio: np.ndarray, speech_ends: list[float], dela
     res = ClientResult()
     async with connect(url, max_size=None) as ws:
         await ws.recv()
-        await ws.send(json.dumps({"action": "start", "sample_rate": RATE, "endpointing": False}))
+        await ws.send(json.dumps({"action": "start", "sample_rate": SAMPLE_RATE_HZ, "endpointing": False}))
         await ws.recv()
         t0 = time.monotonic()
         finalize_sent: list[float] = []
@@ -135,13 +135,13 @@ async def run_client(url: str, audio: np.ndarray, speech_ends: list[float], dela
                         res.lags_s.append(now - (t0 + msg["audio_end"]))
 
         recv_task = asyncio.create_task(receiver())
-        step = int(FRAME_S * RATE)
+        step = int(FRAME_S * SAMPLE_RATE_HZ)
         pending_ends = list(speech_ends)
         for k, start in enumerate(range(0, len(audio), step)):
             due = t0 + k * FRAME_S
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             await ws.send(pcm16(audio[start : start + step]))
-            sent_s = (start + step) / RATE
+            sent_s = (start + step) / SAMPLE_RATE_HZ
             if pending_ends and sent_s >= pending_ends[0] + CLIENT_VAD_WAIT_S:
                 pending_ends.pop(0)
                 finalize_sent.append(time.monotonic())
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from parakeet_worker.config import Settings
-    from parakeet_worker.model import load_model
+    from parakeet_worker.model import Recognizer, load_model
     from parakeet_worker.serving.ws_server import ServerLimits, ServerThread, StreamServer
     from testmodel.heldout import MODEL_PATH, load_heldout, wer
 
@@ -254,25 +254,26 @@ def main(argv: list[str] | None = None) -> int:
                                                       stream_step_budget_s=args.step_budget_ms / 1000,
                                                       stream_early_final_s=args.early_final_s))
         engine.warmup()
+        offline_recognizer = Recognizer(loaded)  # the reference transcripts, computed between runs
         server = ServerThread(StreamServer(engine, settings, ServerLimits(max_sessions=256,
                                                                           idle_timeout_s=120))).start()
         server.grant(None, token="bench", multi_use=True)
         counts = args.capacity or args.sessions
         rows = []
         for n in counts:
-            streams = engine.streams
-            steps0, secs0, early0, used0 = streams.steps, streams.step_seconds, streams.early_passes, streams.early_used
+            before = engine.stream_stats()
             results, plans = run_sessions(server, n, args.seconds, clips, args.seed + n, args.clients == "process")
             used = [u for u, _ in plans]
-            offline = [" ".join(t.text for t in engine.recognizer.transcribe(
+            offline = [" ".join(t.text for t in offline_recognizer.transcribe(
                 [as_received(seg) for seg in segs]) if t.text)
                 for _, segs in plans]
             row = {"sessions": n, **summarize(results, used, offline, wer, args.max_lag_s)}
-            steps = engine.streams.steps - steps0
+            after = engine.stream_stats()
+            steps = after.steps - before.steps
             row["engine_steps"] = steps
-            row["ms_per_step"] = round((engine.streams.step_seconds - secs0) / max(1, steps) * 1000, 1)
-            row["early_final_passes"] = streams.early_passes - early0
-            row["early_finals_used"] = streams.early_used - used0
+            row["ms_per_step"] = round((after.step_seconds - before.step_seconds) / max(1, steps) * 1000, 1)
+            row["early_final_passes"] = after.early_passes_run - before.early_passes_run
+            row["early_finals_used"] = after.early_passes_used - before.early_passes_used
             rows.append(row)
             if not args.json:
                 out(json.dumps(row))

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from parakeet_worker.engine.engine import ParakeetEngine
-from parakeet_worker.streaming.recognizer import StreamingRecognizer
-from parakeet_worker.streaming.vad import BatchedVad
+from parakeet_worker.engine import ParakeetEngine
+from parakeet_worker.model import Recognizer
+from parakeet_worker.streaming import BatchedVad, StreamingRecognizer
 
 
 def pause_end(engine: ParakeetEngine, audio: np.ndarray) -> int | None:
     """Where the engine's final pass stops in ``audio`` heard as one utterance: ``early_final_s`` into a trailing
-    pause the VAD judges clearly silent (engine_streams ``_pass_end``), or None (all of it)."""
+    pause the VAD judges clearly silent (``EarlyPasses.pass_end``), or None (all of it)."""
     vad = BatchedVad()
     stream = vad.new_stream()
     vad.process([stream], [audio])
-    return stream.pause_end(audio.shape[0], engine.streams.early_final_s)
+    return stream.pause_end(audio.shape[0], engine.stream_geometry.early_final_s)
 
 
 def streamed_alone(engine: ParakeetEngine, audio: np.ndarray) -> str:
-    """The final text of ``audio`` streamed through a fresh stream of the engine's geometry, on its own
-    recognizer (not the engine's worker thread), stepped as soon as each chunk is ready; its final pass stops
-    where the engine's would."""
-    streamer = StreamingRecognizer(engine.recognizer, engine.streamer.config)
+    """The final text of ``audio`` streamed through a fresh stream of the engine's geometry, on a recognizer of
+    its own (not the engine's worker thread), stepped as soon as each chunk is ready; its final pass stops where
+    the engine's would."""
+    streamer = StreamingRecognizer(Recognizer(engine.loaded), engine.options.streaming)
     state = streamer.new_stream()
     streamer.accept(state, audio)
     state.pass_end = pause_end(engine, audio)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parakeet_worker.model import chunked_subsampling
-from parakeet_worker.model.chunked_subsampling import ChunkedSubsampling
+from parakeet_worker.model import ChunkedSubsampling, chunked_subsampling
 from testmodel.heldout import build_long_audio
 
 
@@ -56,7 +55,7 @@ def test_short_inputs_take_the_original_path(loaded_test_model, features) -> Non
 
 
 def test_engine_installs_it_once_and_refuses_bad_windows(loaded_test_model) -> None:
-    from parakeet_worker.engine.engine import ParakeetEngine
+    from parakeet_worker.engine import ParakeetEngine
 
     engine = ParakeetEngine(loaded_test_model)
     try:

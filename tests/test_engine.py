@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine, TranscribeOptions
+from parakeet_worker.engine import EngineOptions, ParakeetEngine, TranscribeOptions
 from parakeet_worker.errors import AudioTooLongError, EmptyAudioError, EngineClosedError, InputError
-from parakeet_worker.model.recognizer import native_rnn_kernels
+from parakeet_worker.model import build_decoding, label_looping_computer, native_rnn_kernels
 from testmodel.evaluate import LONG, documented_wer
 from testmodel.heldout import build_long_audio
 
@@ -111,7 +111,7 @@ def test_native_rnn_kernels_cover_decoding_only_and_are_restored(recognizer, hel
     enc, enc_len = recognizer.encode([clip])
     native = recognizer.decode(enc, enc_len, timestamps=True)[0]
     assert torch.backends.mkldnn.enabled
-    computer = recognizer._decoding_plain.decoding.decoding_computer  # NeMo as is: oneDNN's LSTM
+    computer = label_looping_computer(build_decoding(recognizer.model, timestamps=False))  # NeMo as is: oneDNN's LSTM
     with torch.inference_mode():
         hyps = computer(enc.transpose(1, 2), enc_len, None)[0]
     onednn = hyps.transcript[0, : int(hyps.current_lengths[0])].tolist()
@@ -157,9 +157,9 @@ def test_ten_minute_file_in_each_long_audio_mode(engine, ten_minutes, wer_of, mo
     with consistent word timings; in chunked mode nothing is dropped or repeated at the 30+ seams beyond that.
 
     Full attention over 10 minutes completes too, but its accuracy is not compared: the test model was trained on
-    utterances of at most 20 s and degrades when one attention span covers minutes (measured: 35.7 % against
-    31.3 % at 60 s), which says nothing about the service (the real model is trained for 24 minutes of full
-    attention); that is why the service switches to local attention above its full-attention limit."""
+    utterances of at most 20 s and degrades when one attention span covers minutes, which says nothing about the
+    service (the real model is trained for 24 minutes of full attention); that is why the service switches to
+    local attention above its full-attention limit."""
     options = {
         "full": TranscribeOptions(attention="full", timestamps=True),
         "local": TranscribeOptions(attention="local", timestamps=True),

@@ -1,5 +1,5 @@
-"""Live streams on the engine's worker thread (engine_streams.py): the same transcript as the streaming recognizer
-alone, interleaving with batch jobs, finals, aborts and shutdown."""
+"""Live streams on the engine's worker thread (parakeet_worker.streaming.manager): the same transcript as the
+streaming recognizer alone, interleaving with batch jobs, finals, aborts and shutdown."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from parakeet_worker.config import Settings
-from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine, TranscribeOptions
+from parakeet_worker.engine import EngineOptions, ParakeetEngine, TranscribeOptions
 from parakeet_worker.errors import EngineClosedError, InputError
 from parakeet_worker.serving.options import worker_options
-from parakeet_worker.streaming.manager import StreamEvent, StreamManager, StreamOptions
-from parakeet_worker.streaming.recognizer import StreamingRecognizer
+from parakeet_worker.streaming import StreamEvent, StreamingRecognizer, StreamManager, StreamOptions
 from tests.streams import pause_end, streamed_alone
 
 NO_VAD = StreamOptions(endpointing=False)
@@ -55,7 +54,7 @@ def test_engine_stream_equals_the_streaming_recognizer_streamed_alone(engine, he
     finals = [e for e in seen if e.kind == "final"]
     assert len(finals) == 1 and finals[0].reason == "stop"
     assert finals[0].result.committed_text == streamed_alone(engine, audio)
-    assert seen[-1].reason == "stop" and engine.streams.active == 0
+    assert seen[-1].reason == "stop" and engine.stream_stats().active == 0
 
 
 def test_streams_are_served_between_batch_groups(engine, heldout_clips) -> None:
@@ -113,28 +112,24 @@ def wait_for(predicate: callable, timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
-def test_an_early_final_pass_after_a_pause_becomes_the_final(engine, heldout_clips) -> None:
+def test_an_early_final_pass_after_a_pause_becomes_the_final(engine, recognizer, heldout_clips) -> None:
     """The speaker pauses: the final pass runs then, and the later finalize costs nothing but returns it."""
-    assert engine.streams.early_final_s == EngineOptions().stream_early_final_s == 0.16
+    assert engine.stream_geometry.early_final_s == EngineOptions().stream_early_final_s == 0.16
     spoken = np.concatenate([heldout_clips[2].audio, pause(0.6)])
     cut = pause_end(engine, spoken)  # the pass stops early_final_s into the pause, where the final would
     assert cut is not None and cut < spoken.shape[0] - 16000 * 0.4
-    expected = engine.recognizer.transcribe([spoken[:cut]], timestamps=True)[0]
-    passes, used = engine.streams.early_passes, engine.streams.early_used
+    expected = recognizer.transcribe([spoken[:cut]], timestamps=True)[0]
+    before = engine.stream_stats()
     events, put = collect()
     handle = engine.open_stream(put, NO_VAD)  # client-driven finals: the VAD only times the early pass
     handle.push(spoken)
-    wait_for(lambda: engine.streams.early_passes == passes + 1)
-    calls = []
-    transcribe = engine.recognizer.transcribe
-    engine.recognizer.transcribe = lambda audio, **kw: calls.append(len(audio)) or transcribe(audio, **kw)
-    try:
-        handle.push(pause(0.3, seed=1))  # more silence before the client's VAD fires
-        handle.finalize()
-        final = until(events, "final")[-1]
-    finally:
-        del engine.recognizer.transcribe  # the class's method again
-    assert engine.streams.early_used == used + 1 and calls == [], "the final was computed again at the end"
+    wait_for(lambda: engine.stream_stats().early_passes_run == before.early_passes_run + 1)
+    handle.push(pause(0.3, seed=1))  # more silence before the client's VAD fires
+    handle.finalize()
+    final = until(events, "final")[-1]
+    after = engine.stream_stats()
+    assert after.early_passes_used == before.early_passes_used + 1
+    assert after.final_passes == before.final_passes, "the final was computed again at the end"
     assert final.reason == "finalize" and final.result.source == "offline"
     assert final.result.committed_text == expected.text.strip() and expected.text.strip()
     assert [w.word for w in final.result.words] == [w.word for w in expected.words]
@@ -142,18 +137,18 @@ def test_an_early_final_pass_after_a_pause_becomes_the_final(engine, heldout_cli
     handle.abort()
 
 
-def test_voice_after_the_early_pass_discards_it(engine, heldout_clips) -> None:
+def test_voice_after_the_early_pass_discards_it(engine, recognizer, heldout_clips) -> None:
     """Speech after the pause must be in the final: the early pass is thrown away, never returned short."""
     first = np.concatenate([heldout_clips[3].audio, pause(0.6)])
     more = heldout_clips[5].audio
     both = np.concatenate([first, more])
-    expected = engine.recognizer.transcribe([both[: pause_end(engine, both)]])[0].text.strip()
-    alone = engine.recognizer.transcribe([first[: pause_end(engine, first)]])[0].text.strip()
-    passes = engine.streams.early_passes
+    expected = recognizer.transcribe([both[: pause_end(engine, both)]])[0].text.strip()
+    alone = recognizer.transcribe([first[: pause_end(engine, first)]])[0].text.strip()
+    passes = engine.stream_stats().early_passes_run
     events, put = collect()
     handle = engine.open_stream(put, NO_VAD)
     handle.push(first)
-    wait_for(lambda: engine.streams.early_passes == passes + 1)
+    wait_for(lambda: engine.stream_stats().early_passes_run == passes + 1)
     handle.push(more)
     handle.finalize()
     final = until(events, "final")[-1]
@@ -161,16 +156,25 @@ def test_voice_after_the_early_pass_discards_it(engine, heldout_clips) -> None:
     handle.abort()
 
 
-def test_a_failing_early_pass_is_not_retried_and_the_final_is_computed_at_the_end(engine, heldout_clips) -> None:
-    spoken = np.concatenate([heldout_clips[2].audio, pause(0.6)])
-    expected = engine.recognizer.transcribe([np.concatenate([spoken, pause(0.3, seed=1)])])[0].text.strip()
-    calls = []
+class BrokenEarlyPasses:
+    """An early-pass recognizer that fails every pass, counting the streams it was asked for."""
 
-    def broken(audio, **_):
-        calls.append(len(audio))
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def transcribe(self, audio: list[np.ndarray], timestamps: bool = False) -> list:
+        self.calls.append(len(audio))
         raise RuntimeError("early pass broke")
 
-    engine.streams._pass_recognizer.transcribe = broken  # the early pass's own recognizer (interruptible.py)
+
+def test_a_failing_early_pass_is_not_retried_and_the_final_is_computed_at_the_end(
+        loaded_test_model, recognizer, heldout_clips) -> None:
+    spoken = np.concatenate([heldout_clips[2].audio, pause(0.6)])
+    expected = recognizer.transcribe([np.concatenate([spoken, pause(0.3, seed=1)])])[0].text.strip()
+    passes = BrokenEarlyPasses()
+    engine = ParakeetEngine(loaded_test_model, EngineOptions(batch_wait_ms=5, full_attention_max_s=900),
+                            early_pass_recognizer=passes)
+    calls = passes.calls
     try:
         events, put = collect()
         handle = engine.open_stream(put, NO_VAD)
@@ -181,21 +185,23 @@ def test_a_failing_early_pass_is_not_retried_and_the_final_is_computed_at_the_en
             time.sleep(0.05)
         handle.finalize()
         final = until(events, "final")[-1]
+        computed_at_end = engine.stream_stats().final_passes
+        handle.abort()
     finally:
-        del engine.streams._pass_recognizer.transcribe
+        engine.close()
     assert calls == [1] and final.result.committed_text == expected and expected
-    handle.abort()
+    assert computed_at_end == 1
 
 
 def test_no_early_pass_without_a_final_pass_or_when_switched_off(loaded_test_model, engine, heldout_clips) -> None:
     spoken = np.concatenate([heldout_clips[2].audio, pause(0.6)])
-    passes = engine.streams.early_passes
+    passes = engine.stream_stats().early_passes_run
     events, put = collect()
     handle = engine.open_stream(put, replace(NO_VAD, final_pass=False))
     handle.push(spoken)
     handle.finalize()
     assert until(events, "final")[-1].result.source == "stream"
-    assert engine.streams.early_passes == passes
+    assert engine.stream_stats().early_passes_run == passes
     handle.abort()
     off = ParakeetEngine(loaded_test_model, EngineOptions(stream_early_final_s=0.0))
     try:
@@ -204,7 +210,7 @@ def test_no_early_pass_without_a_final_pass_or_when_switched_off(loaded_test_mod
         handle.push(spoken)
         handle.finalize()
         final = until(events, "final")[-1]
-        assert final.result.source == "offline" and off.streams.early_passes == 0
+        assert final.result.source == "offline" and off.stream_stats().early_passes_run == 0
     finally:
         off.close()
     env = "PARAKEET_STREAM_EARLY_FINAL_S"
@@ -249,9 +255,9 @@ def test_finalizes_apply_where_they_were_asked_in_the_audio(engine, heldout_clip
     assert [f.utterance for f in finals] == [0, 1]
 
 
-def _measured_manager(engine, heldout_clips, step_budget_s: float) -> StreamManager:
+def _measured_manager(engine, recognizer, heldout_clips, step_budget_s: float) -> StreamManager:
     """A manager on its own streaming recognizer (service() called by the test) that has timed one step."""
-    manager = StreamManager(StreamingRecognizer(engine.recognizer, engine.streamer.config), poke=lambda: None,
+    manager = StreamManager(StreamingRecognizer(recognizer, engine.options.streaming), poke=lambda: None,
                             max_stream_batch=8, step_budget_s=step_budget_s)
     assert manager.group_size() == 8  # no cost measured yet: one forward for all
     warm = manager.open(lambda e: None, NO_VAD)
@@ -262,10 +268,10 @@ def _measured_manager(engine, heldout_clips, step_budget_s: float) -> StreamMana
     return manager
 
 
-def test_a_finalize_waits_for_one_forward_not_for_every_stream(engine, heldout_clips) -> None:
+def test_a_finalize_waits_for_one_forward_not_for_every_stream(engine, recognizer, heldout_clips) -> None:
     """With the step budget splitting streams into forwards of one, a finalize asked during a round is served
     right after the forward in flight, before the other streams' steps; no text changes."""
-    manager = _measured_manager(engine, heldout_clips, step_budget_s=1e-9)
+    manager = _measured_manager(engine, recognizer, heldout_clips, step_budget_s=1e-9)
     assert manager.group_size() == 1  # the measured cost of a window exceeds the budget
     order: list[tuple[str, str]] = []
     finals: dict[str, list[str]] = {}
@@ -295,20 +301,19 @@ def test_a_finalize_waits_for_one_forward_not_for_every_stream(engine, heldout_c
     manager.close_all()
 
 
-def test_without_a_step_budget_every_ready_stream_shares_one_forward(engine, heldout_clips) -> None:
-    manager = _measured_manager(engine, heldout_clips, step_budget_s=0.0)
+def test_without_a_step_budget_every_ready_stream_shares_one_forward(engine, recognizer, heldout_clips) -> None:
+    manager = _measured_manager(engine, recognizer, heldout_clips, step_budget_s=0.0)
     assert manager.group_size() == 8
     manager.close_all()
 
 
-def test_another_streams_early_pass_in_progress_does_not_hold_up_a_final(engine, heldout_clips) -> None:
+def test_another_streams_early_pass_in_progress_does_not_hold_up_a_final(engine, recognizer, heldout_clips) -> None:
     """A long utterance's early pass runs in slices (interruptible.py): a finalize asked while it is suspended is
     served at once, the pass then goes on and becomes that stream's final; cancelling one drops it safely."""
-    manager = StreamManager(StreamingRecognizer(engine.recognizer, engine.streamer.config), poke=lambda: None,
+    manager = StreamManager(StreamingRecognizer(recognizer, engine.options.streaming), poke=lambda: None,
                             step_budget_s=1e-9, early_final_s=0.16)  # every slice stops at its first checkpoint
     try:
         finals: dict[str, list[StreamEvent]] = {}
-        kept = []
 
         def on_event(event: StreamEvent) -> None:
             if event.kind == "final":
@@ -323,7 +328,7 @@ def test_another_streams_early_pass_in_progress_does_not_hold_up_a_final(engine,
             manager.service()
             if manager.early_pass_running:
                 break
-        assert manager.early_pass_running and manager.early_passes == 0
+        assert manager.early_pass_running and manager.stats().early_passes_run == 0
         b.push(short)  # b speaks while a's pass is under way (no pass of its own can start before a's ends)
         for _ in range(3):
             manager.service()  # the pass goes on one checkpoint at a time, between the steps
@@ -331,21 +336,18 @@ def test_another_streams_early_pass_in_progress_does_not_hold_up_a_final(engine,
         b.finalize()
         manager.service()
         assert [f.reason for f in finals["b"]] == ["finalize"], "b's final waited for a's early pass"
-        short_text = engine.recognizer.transcribe([short[: pause_end(engine, short)]])[0].text.strip()
+        short_text = recognizer.transcribe([short[: pause_end(engine, short)]])[0].text.strip()
         assert finals["b"][0].result.committed_text == short_text
         assert manager.early_pass_running and "a" not in finals
         while manager.early_pass_running:
             manager.service()
-        assert manager.early_passes == 1
-        transcribe = manager.streamer.recognizer.transcribe
-        manager.streamer.recognizer.transcribe = lambda audio, **kw: kept.append(len(audio)) or transcribe(audio, **kw)
-        try:
-            a.finalize()
-            manager.service()
-        finally:
-            del manager.streamer.recognizer.transcribe
-        expected = engine.recognizer.transcribe([long[: pause_end(engine, long)]])[0].text.strip()
-        assert kept == [] and finals["a"][0].result.committed_text == expected
+        assert manager.stats().early_passes_run == 1
+        final_passes = manager.stats().final_passes
+        a.finalize()
+        manager.service()
+        expected = recognizer.transcribe([long[: pause_end(engine, long)]])[0].text.strip()
+        assert manager.stats().final_passes == final_passes, "a's final was computed again at the end"
+        assert finals["a"][0].result.committed_text == expected
 
         # Cancelled while suspended (as before the engine changes the model): the final is computed at the end.
         a.push(long)

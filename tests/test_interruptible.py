@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from parakeet_worker.model.recognizer import Recognizer
-from parakeet_worker.streaming.interruptible import InterruptibleRunner, checkpoint_modules
+from parakeet_worker.model import Recognizer, checkpoint_modules
+from parakeet_worker.streaming import InterruptibleRunner
 
 
 @pytest.fixture()

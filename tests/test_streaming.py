@@ -17,14 +17,9 @@ import torch
 from bench.streaming_accuracy import stream_staggered
 from parakeet_worker.config import Settings
 from parakeet_worker.errors import EngineOverloadedError, InputError
+from parakeet_worker.model import Token
 from parakeet_worker.serving.options import worker_options
-from parakeet_worker.streaming.recognizer import (
-    StreamBacklogError,
-    StreamingConfig,
-    StreamingRecognizer,
-    Token,
-    stream_whole,
-)
+from parakeet_worker.streaming import StreamBacklogError, StreamingConfig, StreamingRecognizer, stream_whole
 from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
 TICK_S = 0.02  # clients send 20 ms frames
@@ -90,7 +85,7 @@ def test_chunked_decoding_with_carried_state_is_token_identical(streamer, recogn
     for chunk in (1, 5, 12):  # batched: token ids and start frames are identical
         pieces = _decode_in_chunks(streamer, frames, enc_len, chunk)
         assert [[(t.id, t.start) for t in row] for row in pieces] == [[(t.id, t.start) for t in row] for row in whole]
-    # one stream: durations too (NeMo 3.0.0 records exact TDT durations only at batch size 1, see streaming.py)
+    # one stream: durations too (NeMo 3.0.0 records exact TDT durations only at batch size 1, see parakeet_worker/streaming/recognizer.py)
     one = frames[:1, : int(enc_len[0])]
     alone, _ = streamer.decode_frames(one, enc_len[:1], [None])
     for chunk in (1, 5, 12):

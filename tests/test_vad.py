@@ -84,7 +84,7 @@ def test_missing_package_is_a_typed_error(monkeypatch) -> None:
 
 
 def test_a_pause_ends_at_the_same_sample_whatever_pieces_the_audio_came_in(vad, heldout_clips) -> None:
-    """The final pass's cut (engine_streams): pause_s into the silence after the last voiced frame, a function
+    """The final pass's cut (parakeet_worker.streaming.early_pass): pause_s into the silence after the last voiced frame, a function
     of the audio alone; none while the silence is shorter, or once voice follows."""
     rng = np.random.default_rng(3)
     quiet = (rng.standard_normal(16000) * 1e-3).astype(np.float32)

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
-from parakeet_worker.transcript import SAMPLE_RATE_HZ, WordTiming
+from parakeet_worker.transcript import SAMPLE_RATE_HZ, TokenTiming, Transcript, WordTiming, segments_from_words
+
+_Timed = TypeVar("_Timed", WordTiming, TokenTiming)
 
 
 @dataclass(frozen=True)
@@ -100,3 +103,31 @@ def merge_windows(windows: Sequence[Window], words: Sequence[Sequence[WordTiming
         kept_left, kept_right = merge_seam(tail, words[k], overlap_start, overlap_end)
         merged = head + kept_left + kept_right
     return merged
+
+
+def shift(items: Sequence[_Timed], offset_s: float) -> list[_Timed]:
+    """Window-relative timings to absolute ones."""
+    return [replace(x, start=round(x.start + offset_s, 3), end=round(x.end + offset_s, 3)) for x in items]
+
+
+def merge_transcripts(windows: list[Window], transcripts: list[Transcript]) -> Transcript:
+    """One transcript from the windows' (with timestamps): words merged at the seams (:func:`merge_windows`), and
+    tokens following the word decision — each window owns the time between the seams its words define."""
+    absolute = [shift(t.words, w.start_s) for w, t in zip(windows, transcripts)]
+    words = merge_windows(windows, absolute)
+    bounds = [0.0]
+    for k in range(1, len(windows)):
+        before = [w.end for w in words if w.end <= windows[k - 1].end_s and w.start < windows[k].start_s + 1e-9]
+        after = [w.start for w in words if w.start >= windows[k].start_s]
+        left_end = max(before or [windows[k].start_s])
+        right_start = min([a for a in after if a >= left_end] or [windows[k - 1].end_s])
+        bounds.append((left_end + right_start) / 2)
+    bounds.append(float("inf"))
+    tokens: list[TokenTiming] = []
+    for k, (w, t) in enumerate(zip(windows, transcripts)):
+        for tok in shift(t.tokens, w.start_s):
+            if bounds[k] <= (tok.start + tok.end) / 2 < bounds[k + 1]:
+                tokens.append(tok)
+    duration = windows[-1].end_s
+    return Transcript(text=" ".join(w.word for w in words), duration_s=duration, words=tuple(words),
+                      segments=segments_from_words(words), tokens=tuple(tokens), has_timestamps=True)

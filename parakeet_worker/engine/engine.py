@@ -2,9 +2,9 @@
 
 All inference runs on the engine's own worker thread, fed by a queue; callers get futures (``submit``) or await
 them (``transcribe``) — nothing heavy ever runs on an asyncio loop. The worker collects requests for a few
-milliseconds, buckets them by length and runs each bucket as one batch. Long audio either runs alone with local
-attention (switched on for that pass and always switched back) or is cut into overlapping windows that are
-batched like any other request and merged at the seams by timestamps (:mod:`chunking`).
+milliseconds, buckets them by length (:mod:`.batching`) and runs each bucket as one batch, and serves live streams
+(:class:`parakeet_worker.streaming.StreamManager`) between groups. Long audio either runs alone with local
+attention or is cut into overlapping windows batched like any other request (:mod:`.long_audio`).
 """
 
 from __future__ import annotations
@@ -16,16 +16,32 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from typing import Literal, TypeVar
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from parakeet_worker.audio import DEFAULT_MAX_DURATION_S
 from parakeet_worker.config import Settings
-from parakeet_worker.engine.chunking import Window, merge_windows, plan_windows
+from parakeet_worker.engine.batching import (
+    BatchItem,
+    BucketLimits,
+    BucketPolicy,
+    Done,
+    ExclusiveItem,
+    bucket_by_length,
+)
+from parakeet_worker.engine.long_audio import ChunkedJob, local_attention_item
+from parakeet_worker.engine.options import (
+    MIN_AUDIO_S,
+    PARAKEET_V3_LANGUAGES,
+    ChunkingInfo,
+    EngineInfo,
+    EngineOptions,
+    ProgressCallback,
+    TranscribeOptions,
+    TranscriptionResult,
+    default_full_attention_max_s,
+)
 from parakeet_worker.errors import (
     AudioTooLongError,
     EmptyAudioError,
@@ -33,183 +49,57 @@ from parakeet_worker.errors import (
     EngineOverloadedError,
     InputError,
 )
-from parakeet_worker.model import LoadedModel, Recognizer, chunked_subsampling, load_model
+from parakeet_worker.model import (
+    LOCAL_ATTENTION_CONTEXT,
+    LOCAL_ATTENTION_LABEL,
+    LoadedModel,
+    Recognizer,
+    Transcriber,
+    load_model,
+    local_attention,
+    prepare_for_long_audio,
+)
 from parakeet_worker.streaming import (
     EventCallback,
+    StreamGeometry,
     StreamHandle,
-    StreamingConfig,
     StreamingRecognizer,
     StreamManager,
     StreamOptions,
+    StreamStats,
 )
-from parakeet_worker.transcript import (
-    SAMPLE_RATE_HZ,
-    SegmentTiming,
-    TokenTiming,
-    Transcript,
-    WordTiming,
-    segments_from_words,
-)
+from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
 logger = logging.getLogger(__name__)
-
-MODEL_CARD_FULL_ATTENTION_S = 24 * 60  # parakeet-tdt-0.6b-v3 model card: 24 min in one pass on an 80 GB A100
-MODEL_CARD_GPU_BYTES = 80 * 1024**3
-CPU_FULL_ATTENTION_S = 10 * 60  # on CPU the quadratic attention cost, not memory, is the limit
-MIN_AUDIO_S = 0.1
-LOCAL_ATTENTION_CONTEXT = (256, 256)
-PARAKEET_V3_LANGUAGES = ("bg", "hr", "cs", "da", "nl", "en", "et", "fi", "fr", "de", "el", "hu", "it", "lv", "lt",
-                         "mt", "pl", "pt", "ro", "sk", "sl", "es", "sv", "ru", "uk")
-
-AttentionChoice = Literal["auto", "full", "local"]
-ProgressCallback = Callable[[dict[str, object]], None]
-_Timed = TypeVar("_Timed", WordTiming, TokenTiming)
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    max_batch: int = 16
-    batch_wait_ms: float = 5.0
-    max_batch_audio_s: float = 480.0  # padded audio seconds in one forward pass
-    full_attention_max_s: float | None = None  # None: from the model card, scaled by device memory
-    max_audio_s: float = DEFAULT_MAX_DURATION_S  # the one limit on audio length, shared with the decoder
-    default_chunk_s: float = 60.0
-    default_overlap_s: float = 5.0
-    max_queue: int = 1024
-    # While streams are live, offline work runs in groups of at most this much padded audio between two
-    # streaming rounds, so batch jobs cannot starve real-time sessions.
-    stream_interleave_audio_s: float = 30.0
-    max_stream_batch: int = 32
-    # Seconds one streaming forward may take: more ready streams are split into several forwards, so a client's
-    # finalize waits for at most one of them (0: one forward for all). See engine_streams.
-    stream_step_budget_s: float = 0.05
-    # Silence after speech after which a stream's final pass runs ahead of its end (engine_streams: early final
-    # pass); 0: finals are computed when the utterance ends.
-    stream_early_final_s: float = 0.16
-    streaming: StreamingConfig = field(default_factory=StreamingConfig)
-
-
-@dataclass(frozen=True)
-class TranscribeOptions:
-    timestamps: bool = False
-    attention: AttentionChoice = "auto"  # "local" forces local attention; "full" refuses to switch
-    chunked: bool = False
-    chunk_s: float | None = None
-    overlap_s: float | None = None
-
-
-@dataclass(frozen=True)
-class ChunkingInfo:
-    chunk_s: float
-    overlap_s: float
-    windows: int
-
-
-@dataclass(frozen=True)
-class TranscriptionResult:
-    text: str
-    duration_s: float
-    words: tuple[WordTiming, ...]
-    segments: tuple[SegmentTiming, ...]
-    tokens: tuple[TokenTiming, ...]
-    has_timestamps: bool
-    model: str
-    device: str
-    dtype: str
-    attention: str  # "full" or "local[256,256]"
-    chunking: ChunkingInfo | None
-    processing_s: float
-    queue_wait_s: float
-    batch_size: int
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    model: str
-    source: str
-    parameters: int
-    device: str
-    dtype: str
-    languages: tuple[str, ...]
-    sample_rate: int
-    max_audio_s: float
-    full_attention_max_s: float
-    local_attention_context: tuple[int, int]
-    max_batch: int
-    load_seconds: float
-    warmup_seconds: float
-
-
-# --- work items ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Done:
-    """What the worker thread hands back for one item."""
-
-    transcript: Transcript
-    queue_wait_s: float
-    batch_size: int
-
-
-@dataclass
-class _BatchItem:
-    audio: np.ndarray
-    timestamps: bool
-    owner: concurrent.futures.Future  # the caller's future: once cancelled, the item is skipped
-    future: concurrent.futures.Future[_Done] = field(default_factory=concurrent.futures.Future)
-    enqueued: float = field(default_factory=time.monotonic)
-
-    @property
-    def samples(self) -> int:
-        return int(self.audio.shape[0])
-
-
-@dataclass
-class _ExclusiveItem:
-    """Work that must run alone on the model (it changes the attention mode for its duration)."""
-
-    run: Callable[[], Transcript]
-    owner: concurrent.futures.Future
-    future: concurrent.futures.Future[_Done] = field(default_factory=concurrent.futures.Future)
-    enqueued: float = field(default_factory=time.monotonic)
-
 
 _STOP = object()
 _POKE = object()  # streaming work is waiting
 
 
-def default_full_attention_max_s(device: torch.device) -> float:
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        return MODEL_CARD_FULL_ATTENTION_S * min(1.0, total / MODEL_CARD_GPU_BYTES)
-    return float(CPU_FULL_ATTENTION_S)
-
-
-def _shift(items: tuple[_Timed, ...], offset_s: float) -> list[_Timed]:
-    """Window-relative timings to absolute ones."""
-    return [replace(x, start=round(x.start + offset_s, 3), end=round(x.end + offset_s, 3)) for x in items]
-
-
 class ParakeetEngine:
-    """Owns the model; thread-safe ``submit``/``transcribe``; call ``close()`` to stop the worker thread."""
+    """Owns the model; thread-safe ``submit``/``transcribe``/``open_stream``; call ``close()`` to stop the worker.
 
-    def __init__(self, loaded: LoadedModel, options: EngineOptions | None = None) -> None:
+    Parts a test or benchmark may replace: ``recognizer`` (offline passes, streaming's encoder; default: one on
+    ``loaded``), ``early_pass_recognizer`` (the streams' early final passes; default: one of their own) and
+    ``bucketing`` (how queued requests are grouped into batches; default :func:`.batching.bucket_by_length`)."""
+
+    def __init__(self, loaded: LoadedModel, options: EngineOptions | None = None, *,
+                 recognizer: Recognizer | None = None, early_pass_recognizer: Transcriber | None = None,
+                 bucketing: BucketPolicy | None = None) -> None:
         self.options = options or EngineOptions()
         self.loaded = loaded
-        self.recognizer = Recognizer(loaded)
+        self._recognizer = recognizer or Recognizer(loaded)
+        self._bucketing = bucketing or bucket_by_length
         self.full_attention_max_s = self.options.full_attention_max_s or default_full_attention_max_s(loaded.device)
-        encoder = loaded.model.encoder
-        self._use_bias = bool(loaded.model.cfg.encoder.get("use_bias", True))
-        if hasattr(encoder, "change_subsampling_conv_chunking_factor"):
-            encoder.change_subsampling_conv_chunking_factor(1)  # auto-chunk the subsampling convs on long inputs
-        # ...and run them in 60 s windows, so hours of audio do not need one multi-GB conv output (see module)
-        chunked_subsampling.install(encoder)
+        prepare_for_long_audio(loaded.model.encoder)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=self.options.max_queue)
         self._closed = threading.Event()
         self._poke_pending = threading.Event()
-        self.streamer = StreamingRecognizer(self.recognizer, self.options.streaming)
-        self.streams = StreamManager(self.streamer, self._poke, max_stream_batch=self.options.max_stream_batch,
-                                     step_budget_s=self.options.stream_step_budget_s,
-                                     early_final_s=self.options.stream_early_final_s)
+        self._streamer = StreamingRecognizer(self._recognizer, self.options.streaming)
+        self._streams = StreamManager(self._streamer, self._poke, max_stream_batch=self.options.max_stream_batch,
+                                      step_budget_s=self.options.stream_step_budget_s,
+                                      early_final_s=self.options.stream_early_final_s,
+                                      early_pass_recognizer=early_pass_recognizer)
         self.warmup_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="parakeet-engine", daemon=True)
         self._thread.start()
@@ -274,17 +164,26 @@ class ParakeetEngine:
         elif opts.attention == "local" or (opts.attention == "auto" and duration > self.full_attention_max_s):
             self._submit_local(audio, opts, result, started)
         else:
-            item = _BatchItem(audio, opts.timestamps, result)
+            item = BatchItem(audio, opts.timestamps, result)
             self._put(item)
             item.future.add_done_callback(lambda f: self._finish(result, f, opts, duration, started, "full", None))
         return result
 
     def open_stream(self, on_event: EventCallback, options: StreamOptions | None = None,
                     stream_id: str | None = None) -> StreamHandle:
-        """A live stream served by this engine's worker thread (see :mod:`engine_streams`)."""
+        """A live stream served by this engine's worker thread (see :mod:`parakeet_worker.streaming.manager`)."""
         if self._closed.is_set():
             raise EngineClosedError("the engine is shut down and accepts no more work")
-        return self.streams.open(on_event, options, stream_id)
+        return self._streams.open(on_event, options, stream_id)
+
+    @property
+    def stream_geometry(self) -> StreamGeometry:
+        """The streaming window and final-pass settings every stream of this engine gets."""
+        return self._streams.geometry()
+
+    def stream_stats(self) -> StreamStats:
+        """A snapshot of the live streams and the streaming work done so far."""
+        return self._streams.stats()
 
     def _poke(self) -> None:
         """Wake the worker thread for streaming work (at most one wake-up queued at a time)."""
@@ -319,7 +218,7 @@ class ParakeetEngine:
             raise EngineOverloadedError(
                 f"the engine queue is full ({self.options.max_queue} items); retry later") from None
 
-    def _finish(self, result: concurrent.futures.Future[TranscriptionResult], done: concurrent.futures.Future[_Done],
+    def _finish(self, result: concurrent.futures.Future[TranscriptionResult], done: concurrent.futures.Future[Done],
                 opts: TranscribeOptions, duration: float, started: float, attention: str,
                 chunking: ChunkingInfo | None) -> None:
         if result.done() or done.cancelled():
@@ -343,107 +242,28 @@ class ParakeetEngine:
 
     def _submit_local(self, audio: np.ndarray, opts: TranscribeOptions,
                       result: concurrent.futures.Future[TranscriptionResult], started: float) -> None:
-        def run() -> Transcript:
-            with self.local_attention():
-                return self.recognizer.transcribe([audio], timestamps=opts.timestamps)[0]
-
-        item = _ExclusiveItem(run, result)
+        item = local_attention_item(self.loaded, self._recognizer, audio, opts.timestamps, result)
         self._put(item)
-        label = f"local[{LOCAL_ATTENTION_CONTEXT[0]},{LOCAL_ATTENTION_CONTEXT[1]}]"
+        duration = audio.shape[0] / SAMPLE_RATE_HZ
         item.future.add_done_callback(
-            lambda f: self._finish(result, f, opts, audio.shape[0] / SAMPLE_RATE_HZ, started, label, None))
+            lambda f: self._finish(result, f, opts, duration, started, LOCAL_ATTENTION_LABEL, None))
 
     def _submit_chunked(self, audio: np.ndarray, opts: TranscribeOptions,
                         result: concurrent.futures.Future[TranscriptionResult], started: float,
                         progress: ProgressCallback | None) -> None:
         chunk_s = opts.chunk_s or self.options.default_chunk_s
         overlap_s = self.options.default_overlap_s if opts.overlap_s is None else opts.overlap_s
-        if chunk_s > self.full_attention_max_s:
-            raise InputError(f"chunk_duration {chunk_s:.0f} s is above the full-attention limit "
-                             f"{self.full_attention_max_s:.0f} s of this device")
-        try:
-            windows = plan_windows(audio.shape[0], chunk_s, overlap_s)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        items = [_BatchItem(audio[w.start_sample:w.end_sample], True, result) for w in windows]
-        info = ChunkingInfo(chunk_s=chunk_s, overlap_s=overlap_s, windows=len(windows))
-        remaining = [len(items)]
-        lock = threading.Lock()
+        job = ChunkedJob(audio, chunk_s, overlap_s, self.full_attention_max_s, result, progress)
+        duration = audio.shape[0] / SAMPLE_RATE_HZ
+        job.start(self._put, lambda merged: self._finish(result, merged, opts, duration, started, "full", job.info))
 
-        def window_done(_: concurrent.futures.Future) -> None:
-            with lock:
-                remaining[0] -= 1
-                left = remaining[0]
-            if progress is not None:
-                progress({"stage": "transcribing", "chunks_done": len(items) - left, "chunks_total": len(items)})
-            if left:
-                return
-            if result.done():  # cancelled by the caller: the remaining windows were skipped
-                return
-            merged: concurrent.futures.Future[_Done] = concurrent.futures.Future()
-            failed = next((i.future.exception() for i in items if i.future.exception() is not None), None)
-            if failed is not None:
-                merged.set_exception(failed)
-            else:
-                done = [i.future.result() for i in items]
-                merged.set_result(_Done(self._merge(windows, [d.transcript for d in done]),
-                                        queue_wait_s=done[0].queue_wait_s, batch_size=max(d.batch_size for d in done)))
-            self._finish(result, merged, opts, audio.shape[0] / SAMPLE_RATE_HZ, started, "full", info)
-
-        for item in items:
-            self._put(item)
-            item.future.add_done_callback(window_done)
-
-    @staticmethod
-    def _merge(windows: list[Window], transcripts: list[Transcript]) -> Transcript:
-        absolute = [_shift(t.words, w.start_s) for w, t in zip(windows, transcripts)]
-        words = merge_windows(windows, absolute)
-        # Tokens follow the word decision: each window owns the time between the seams its words define.
-        bounds = [0.0]
-        for k in range(1, len(windows)):
-            before = [w.end for w in words if w.end <= windows[k - 1].end_s and w.start < windows[k].start_s + 1e-9]
-            after = [w.start for w in words if w.start >= windows[k].start_s]
-            left_end = max(before or [windows[k].start_s])
-            right_start = min([a for a in after if a >= left_end] or [windows[k - 1].end_s])
-            bounds.append((left_end + right_start) / 2)
-        bounds.append(float("inf"))
-        tokens: list[TokenTiming] = []
-        for k, (w, t) in enumerate(zip(windows, transcripts)):
-            for tok in _shift(t.tokens, w.start_s):
-                if bounds[k] <= (tok.start + tok.end) / 2 < bounds[k + 1]:
-                    tokens.append(tok)
-        duration = windows[-1].end_s
-        return Transcript(text=" ".join(w.word for w in words), duration_s=duration, words=tuple(words),
-                          segments=segments_from_words(words), tokens=tuple(tokens), has_timestamps=True)
-
-    # --- attention mode -----------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def local_attention(self) -> Iterator[None]:
         """Local attention for the duration of the block; full attention is restored even when the block fails.
 
-        Only the engine thread may use it (it changes the shared model)."""
-        self._set_attention("rel_pos_local_attn", list(LOCAL_ATTENTION_CONTEXT))
-        try:
+        Only the engine thread may use it while the engine works (it changes the shared model)."""
+        with local_attention(self.loaded):
             yield
-        finally:
-            self._set_attention("rel_pos", [-1, -1])
-
-    def _set_attention(self, kind: str, context: list[int]) -> None:
-        encoder = self.loaded.model.encoder
-        encoder.change_attention_model(kind, context, update_config=False, device=self.loaded.device)
-        # NeMo 3.0.0 builds the new attention modules with biases even on use_bias=False models (random values
-        # that perturb every output), in float32 and in train mode: undo all three.
-        for layer in encoder.layers:
-            attn = layer.self_attn
-            if not self._use_bias:
-                for name in ("linear_q", "linear_k", "linear_v", "linear_out"):
-                    lin = getattr(attn, name, None)
-                    if lin is not None and lin.bias is not None:
-                        lin.register_parameter("bias", None)
-        encoder.to(device=self.loaded.device, dtype=self.loaded.dtype)
-        for param in encoder.parameters():
-            param.requires_grad_(False)
-        self.loaded.model.eval()
 
     # --- the worker thread ----------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -452,64 +272,63 @@ class ParakeetEngine:
             first = self._queue.get()
             if first is _STOP:
                 break
-            items = [first]
-            deadline = time.monotonic() + self.options.batch_wait_ms / 1000
-            stop_after = False
-            while len(items) < self.options.max_batch * 4 and first is not _POKE:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    nxt = self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop_after = True
-                    break
-                items.append(nxt)
-            self._service_streams()
-            batchable = [i for i in items if isinstance(i, _BatchItem)]
-            for group in self._buckets(batchable):
-                self._run_batch(group)
-                self._service_streams()
-            for item in items:
-                if isinstance(item, _ExclusiveItem):
-                    self._run_exclusive(item)
-                    self._service_streams()
+            items, stop_after = self._collect(first)
+            self._serve(items)
             if stop_after:
                 break
-        self.streams.close_all()
+        self._streams.close_all()
         self._fail_pending()
+
+    def _collect(self, first: object) -> tuple[list[object], bool]:
+        """``first`` and what else arrives within ``batch_wait_ms`` (nothing more after a poke: streams wait);
+        True when a stop arrived meanwhile."""
+        items = [first]
+        deadline = time.monotonic() + self.options.batch_wait_ms / 1000
+        while len(items) < self.options.max_batch * 4 and first is not _POKE:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            try:
+                nxt = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                break
+            if nxt is _STOP:
+                return items, True
+            items.append(nxt)
+        return items, False
+
+    def _serve(self, items: list[object]) -> None:
+        """The batches of ``items`` by bucket, then the exclusive items, with the streams served before each."""
+        self._service_streams()
+        batchable = [i for i in items if isinstance(i, BatchItem)]
+        for group in self._buckets(batchable):
+            self._run_batch(group)
+            self._service_streams()
+        for item in items:
+            if isinstance(item, ExclusiveItem):
+                self._run_exclusive(item)
+                self._service_streams()
 
     def _service_streams(self) -> None:
         self._poke_pending.clear()
         try:
-            more = self.streams.service()
+            more = self._streams.service()
         except Exception:  # never let streaming bookkeeping kill the worker
             logger.exception("streaming service failed")
             return
         if more:
             self._poke()
 
-    def _buckets(self, items: list[_BatchItem]) -> list[list[_BatchItem]]:
-        """Sort by length and cut into groups bounded by count and padded audio seconds."""
+    def _buckets(self, items: list[BatchItem]) -> list[list[BatchItem]]:
+        """Groups of items for one forward each, by the bucketing policy; while streams are live, a group holds
+        less padded audio so the streams are served between groups."""
         cap_s = self.options.max_batch_audio_s
-        if self.streams.active:
+        if self._streams.active:
             cap_s = min(cap_s, self.options.stream_interleave_audio_s)
-        cap = int(cap_s * SAMPLE_RATE_HZ)
-        groups: list[list[_BatchItem]] = []
-        current: list[_BatchItem] = []
-        for item in sorted(items, key=lambda i: i.samples):
-            padded = item.samples * (len(current) + 1)
-            if current and (len(current) >= self.options.max_batch or padded > cap):
-                groups.append(current)
-                current = []
-            current.append(item)
-        if current:
-            groups.append(current)
-        return groups
+        limits = BucketLimits(max_batch=self.options.max_batch, max_padded_samples=int(cap_s * SAMPLE_RATE_HZ))
+        return [[items[i] for i in group] for group in self._bucketing([i.samples for i in items], limits)]
 
-    def _run_batch(self, group: list[_BatchItem]) -> None:
+    def _run_batch(self, group: list[BatchItem]) -> None:
         for item in [i for i in group if i.owner.cancelled()]:
             item.future.cancel()
         group = [i for i in group if not i.future.cancelled()]
@@ -518,7 +337,7 @@ class ParakeetEngine:
         now = time.monotonic()
         timestamps = any(i.timestamps for i in group)
         try:
-            transcripts = self.recognizer.transcribe([i.audio for i in group], timestamps=timestamps)
+            transcripts = self._recognizer.transcribe([i.audio for i in group], timestamps=timestamps)
         except Exception as exc:  # a failed batch must not take the worker down; retry alone, then report
             if len(group) > 1:
                 logger.warning("batch of %d failed (%s); retrying one by one", len(group), exc)
@@ -529,21 +348,21 @@ class ParakeetEngine:
             group[0].future.set_exception(exc)
             return
         for item, transcript in zip(group, transcripts):
-            item.future.set_result(_Done(transcript, queue_wait_s=now - item.enqueued, batch_size=len(group)))
+            item.future.set_result(Done(transcript, queue_wait_s=now - item.enqueued, batch_size=len(group)))
 
-    def _run_exclusive(self, item: _ExclusiveItem) -> None:
+    def _run_exclusive(self, item: ExclusiveItem) -> None:
         if item.owner.cancelled():
             item.future.cancel()
             return
         waited = time.monotonic() - item.enqueued
-        self.streams.cancel_early_pass()  # it may change the model (attention mode) under a suspended pass
+        self._streams.cancel_early_pass()  # it may change the model (attention mode) under a suspended pass
         try:
             transcript = item.run()
         except Exception as exc:  # reported to the caller; the worker goes on
             logger.exception("exclusive inference failed")
             item.future.set_exception(exc)
             return
-        item.future.set_result(_Done(transcript, queue_wait_s=waited, batch_size=1))
+        item.future.set_result(Done(transcript, queue_wait_s=waited, batch_size=1))
 
     def _fail_pending(self) -> None:
         while True:
@@ -551,5 +370,5 @@ class ParakeetEngine:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(item, _BatchItem | _ExclusiveItem) and not item.future.done():
+            if isinstance(item, BatchItem | ExclusiveItem) and not item.future.done():
                 item.future.set_exception(EngineClosedError("the engine shut down before this request ran"))

@@ -1,17 +1,17 @@
 """Run the encoder's convolutional subsampling in time chunks, so hours of audio need bounded memory.
 
 NeMo's ``ConvSubsampling`` (dw_striding x8) runs its first full conv2d over the whole input at once: for a 3-hour
-recording that is one (1, C, 540k, 64) tensor — 13 GB in float32 with the test model's 96 channels, 18 GB in
-bf16 with the real model's 256 — and its ``subsampling_conv_chunking_factor`` only splits to dodge the 2**31
-indexing limit, not to save memory (measured: 15.8 GB resident, and > 20 minutes inside that one conv on 2 CPU
-cores). The convolutions are local in time, so the same output can be computed window by window: each window of
+recording that is one (1, C, 540k, 64) tensor of many GB, and its ``subsampling_conv_chunking_factor`` only splits
+to dodge the 2**31 indexing limit, not to save memory (docs/BENCHMARKS.md, "Long audio: 3 hours"). The
+convolutions are local in time, so the same output can be computed window by window: each window of
 ``chunk_frames`` feature frames is run with ``margin_frames`` of real neighbouring frames on both sides (more
 than the stack's receptive field), and only the window's own output frames are kept. Interior frames are then
 the same as the one-pass result up to float rounding; the conformer layers after it (local attention for long
 inputs) are linear in length anyway.
 
-:class:`ChunkedSubsampling` wraps the model's ``encoder.pre_encode`` once, when the engine takes the model; short
-inputs (every streaming window and every ordinary request) go through the original module untouched.
+:class:`ChunkedSubsampling` wraps the model's ``encoder.pre_encode`` once, when the engine takes the model
+(:func:`.nemo_internals.prepare_for_long_audio`); short inputs (every streaming window and every ordinary
+request) go through the original module untouched.
 """
 
 from __future__ import annotations

@@ -1,56 +1,39 @@
 """Batched offline recognition with a loaded Parakeet-TDT model: arrays in, typed transcripts out.
 
 This is the arithmetic only (features -> encoder -> TDT greedy decoding -> timestamps), synchronous and not
-thread-safe: :mod:`asr_engine` owns the one instance and calls it from its worker thread.
+thread-safe: the engine (:mod:`parakeet_worker.engine`) owns the one instance and calls it from its worker thread.
 
 It deliberately does not use ``model.transcribe()``: that call leaves the encoder/decoder/joint in train mode
-and keeps timestamp settings from earlier calls (NeMo 3.0.0 traps, see docs). Instead two decoding objects
-are built once from the model's own decoding config, one without and one with timestamps, and neither is ever
-reconfigured per request.
+and keeps timestamp settings from earlier calls (NeMo 3.0.0 traps, tests/test_engine.py). Instead two decoding
+objects are built once from the model's own decoding config, one without and one with timestamps, and neither is
+ever reconfigured per request.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from omegaconf import open_dict
 
 from parakeet_worker.model.loader import LoadedModel
+from parakeet_worker.model.nemo_internals import build_decoding, native_rnn_kernels
 from parakeet_worker.transcript import SAMPLE_RATE_HZ, TokenTiming, Transcript, WordTiming, segments_from_words
 
 logger = logging.getLogger(__name__)
 
-@contextmanager
-def native_rnn_kernels(device: torch.device) -> Iterator[None]:
-    """On CPU, run the block with oneDNN (mkldnn) off, so the TDT prediction network's LSTM uses PyTorch's native
-    kernel. Greedy TDT decoding calls the LSTM one label at a time (batch x 1 step), and oneDNN's RNN primitive costs
-    far more per such call than the native one (it re-packs the weights each time): on 2 cores, decoding one
-    5.92 s window alone takes 141 -> 91 ms with the test model and 259 -> 105 ms with the full-size one, same
-    tokens (docs/BENCHMARKS.md, "Decoder kernels"). The encoder keeps
-    oneDNN, where its convolutions are twice as fast. The flag is process-wide, so this belongs on the engine's one
-    compute thread; it is restored on exit. No-op on other devices."""
-    if device.type != "cpu" or not torch.backends.mkldnn.enabled:
-        yield
-        return
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = True
+
+class Transcriber(Protocol):
+    """What runs offline passes: :class:`Recognizer`, or a stand-in a test injects (e.g. one that fails)."""
+
+    def transcribe(self, audio: list[np.ndarray], timestamps: bool = False) -> list[Transcript]: ...
 
 
 class Recognizer:
     """Owns the model's inference path; call only from one thread at a time."""
 
     def __init__(self, loaded: LoadedModel) -> None:
-        from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTBPEDecoding
-
         self.loaded = loaded
         self.model = loaded.model
         self.device = loaded.device
@@ -59,18 +42,8 @@ class Recognizer:
         self.window_stride_s = float(pre_cfg.window_stride)
         self.subsampling_factor = int(self.model.encoder.subsampling_factor)
         self.frame_s = self.window_stride_s * self.subsampling_factor
-
-        def decoding(timestamps: bool) -> Any:
-            cfg = copy.deepcopy(self.model.cfg.decoding)
-            with open_dict(cfg):
-                cfg.compute_timestamps = timestamps
-                cfg.preserve_alignments = False
-            return RNNTBPEDecoding(
-                decoding_cfg=cfg, decoder=self.model.decoder, joint=self.model.joint, tokenizer=self.model.tokenizer
-            )
-
-        self._decoding_plain = decoding(False)
-        self._decoding_timestamps = decoding(True)
+        self._decoding_plain = build_decoding(self.model, timestamps=False)
+        self._decoding_timestamps = build_decoding(self.model, timestamps=True)
 
     @torch.inference_mode()
     def encode(self, audio: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

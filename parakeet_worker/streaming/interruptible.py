@@ -1,24 +1,26 @@
 """Run work that may wait (an early final pass) in slices, interruptible at every encoder layer and decoder step.
 
 The engine's worker thread owns the model and serves urgent work first: a client's final, then streaming steps.
-Speculative work — the early final pass, which may be thrown away — must not hold the model for the hundreds of
-milliseconds one pass over a long utterance takes on a CPU while another client waits for its final (measured:
-that was most of the finalize latency tail at 8 sessions on 2 cores, docs/BENCHMARKS.md). A Python call cannot be
+Speculative work — the early final pass, which may be thrown away — must not hold the model for the time one pass
+over a long utterance takes on a CPU while another client waits for its final (it was most of the finalize latency
+tail: docs/BENCHMARKS.md, "Interruptible early passes, 0.16 s, and where finals stop"). A Python call cannot be
 suspended halfway, so the work runs on a helper thread that behaves as a coroutine of the worker thread:
 
 * it only runs while the worker thread waits in :meth:`InterruptibleRunner.resume`; exactly one of the two
   threads computes at any time, so they never compete for the cores or for the model;
 * at every *checkpoint* — a forward pre-hook on each subsampling convolution, each encoder layer and each
-  prediction-network LSTM call (:meth:`InterruptibleRunner.watch`) — it hands control back when the worker's
+  prediction-network LSTM call (:meth:`InterruptibleRunner.watch` with
+  :func:`parakeet_worker.model.checkpoint_modules`) — it hands control back when the worker's
   ``yield_when()`` says so (a final is waiting, its time slice is used), and goes on from there at the next
   ``resume``; the hooks are no-ops on every other thread;
 * :meth:`InterruptibleRunner.cancel` ends the job at its next checkpoint.
 
 While the job is suspended the worker thread may run its own inference on the same modules (they are stateless in
 inference; the job keeps its intermediate tensors on its own stack). The job must use its own decoding objects
-(its own :class:`inference.Recognizer`), and the worker must not change the model (attention mode) while a job
-is suspended: cancel it first. The process-wide oneDNN flag that :func:`inference.native_rnn_kernels` turns off
-during decoding is handed over with control, so neither thread runs with the other's setting.
+(its own :class:`parakeet_worker.model.Recognizer`), and the worker must not change the model (attention mode)
+while a job is suspended: cancel it first. The process-wide oneDNN flag that
+:func:`parakeet_worker.model.native_rnn_kernels` turns off during decoding is handed over with control, so neither
+thread runs with the other's setting.
 """
 
 from __future__ import annotations
@@ -39,17 +41,6 @@ _Turn = Literal["worker", "job"]
 class JobCancelledError(Exception):
     """Raised inside the job at a checkpoint after :meth:`InterruptibleRunner.cancel`; the job's future is
     cancelled."""
-
-
-def checkpoint_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Where a NeMo FastConformer-TDT model's inference can stop: every convolution of the encoder's subsampling,
-    every conformer layer, every LSTM of the prediction network (called once per decoding step)."""
-    encoder = model.encoder  # type: ignore[union-attr]
-    found: list[torch.nn.Module] = [m for m in encoder.pre_encode.modules()  # type: ignore[union-attr]
-                                    if isinstance(m, torch.nn.Conv1d | torch.nn.Conv2d)]
-    found.extend(encoder.layers)  # type: ignore[union-attr, arg-type]
-    found.extend(m for m in model.decoder.modules() if isinstance(m, torch.nn.LSTM))  # type: ignore[union-attr]
-    return found
 
 
 class InterruptibleRunner:

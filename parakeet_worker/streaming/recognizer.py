@@ -46,150 +46,23 @@ Not thread-safe: call everything from one thread (the engine's worker). The mode
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import open_dict
 
-from parakeet_worker.errors import EngineOverloadedError
-from parakeet_worker.model import Recognizer, native_rnn_kernels
+from parakeet_worker.model import FrameDecoder, Recognizer, Token
+from parakeet_worker.streaming.types import (
+    StepResult,
+    StreamBacklogError,
+    StreamingConfig,
+    StreamState,
+)
 from parakeet_worker.transcript import SAMPLE_RATE_HZ, Transcript, WordTiming
 
-ENCODER_FRAME_S = 0.08  # Parakeet: 10 ms feature hop x 8 subsampling
 SENTENCEPIECE_WORD_START = "\u2581"  # "▁" begins a new word in SentencePiece vocabularies
-_EPS = 1e-6
-
-
-class StreamBacklogError(EngineOverloadedError):
-    """A stream holds more undecoded audio than allowed: the engine is not keeping up (or the client sends audio
-    much faster than real time). The caller should slow down or be refused."""
-
-    code = "stream_backlog"
-
-
-def _frames(seconds: float, frame_s: float, name: str) -> int:
-    count = seconds / frame_s
-    if abs(count - round(count)) > _EPS:
-        raise ValueError(
-            f"{name}={seconds} s is not a multiple of the {frame_s * 1000:.0f} ms encoder frame; chunk and context "
-            f"boundaries must fall on encoder frames so chunks tile the encoder output exactly "
-            f"(use e.g. {round(count) * frame_s:.2f} s)"
-        )
-    return int(round(count))
-
-
-@dataclass(frozen=True)
-class StreamingConfig:
-    """Window geometry and limits of streaming recognition (seconds).
-
-    ``left_s``, ``chunk_s`` and ``right_s`` must be multiples of the 80 ms encoder frame. Latency of committed
-    text is ``chunk_s + right_s`` plus compute; the draft shows the right context's words a chunk earlier.
-    """
-
-    left_s: float = 4.0  # audio before the chunk the encoder sees (context only, never decoded again)
-    chunk_s: float = 0.96  # audio decoded and committed per step
-    right_s: float = 0.96  # lookahead after the chunk: context for the encoder, and the draft
-    final_pad_s: float = 0.32  # silence appended by end(): gives the last word frames to be emitted in
-    draft: bool = True  # decode the right context into a draft each step
-    max_backlog_s: float = 30.0  # undecoded audio a stream may hold before accept() refuses more
-    final_pass_max_s: float = 20.0  # finals of utterances up to this long are one offline pass (0: never)
-
-    def __post_init__(self) -> None:
-        if self.chunk_s <= 0:
-            raise ValueError(f"chunk_s must be positive, got {self.chunk_s}")
-        for name in ("left_s", "right_s", "final_pad_s", "final_pass_max_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
-        self.frames(ENCODER_FRAME_S)
-        if self.max_backlog_s < self.chunk_s + self.right_s + self.final_pad_s:
-            raise ValueError(
-                f"max_backlog_s={self.max_backlog_s} must hold at least chunk_s + right_s + final_pad_s "
-                f"({self.chunk_s + self.right_s + self.final_pad_s:.2f} s), or no stream could ever become ready"
-            )
-
-    def frames(self, frame_s: float) -> tuple[int, int, int]:
-        """(left, chunk, right) in encoder frames of ``frame_s`` seconds; ValueError if they do not divide."""
-        return (_frames(self.left_s, frame_s, "left_s"), _frames(self.chunk_s, frame_s, "chunk_s"),
-                _frames(self.right_s, frame_s, "right_s"))
-
-    @property
-    def window_s(self) -> float:
-        return self.left_s + self.chunk_s + self.right_s
-
-
-@dataclass(frozen=True)
-class Token:
-    """A decoded token: vocabulary id and its span in absolute encoder frames (``end`` = start + TDT duration)."""
-
-    id: int
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """What one step (or the final flush) produced for one stream. Times are absolute audio seconds."""
-
-    stream_id: str
-    committed_text: str  # every committed word so far; only ever grows
-    new_words: tuple[WordTiming, ...]  # words committed by this step
-    draft_text: str  # the open last word plus the right context's lookahead; may change
-    committed_until_s: float  # audio up to here is decoded and committed
-    audio_end_s: float  # end of the audio this step looked at (chunk + right context)
-    final: bool  # the stream is finished; draft_text is empty and committed_text is the transcript
-    words: tuple[WordTiming, ...] = ()  # every committed word of the stream (for a final: the transcript's)
-    source: Literal["stream", "offline"] = "stream"  # "offline": a final from the offline pass over the utterance
-
-    @property
-    def text(self) -> str:
-        """Committed text followed by the draft: what a partial transcript shows."""
-        return " ".join(t for t in (self.committed_text, self.draft_text) if t)
-
-
-@dataclass(eq=False)
-class StreamState:
-    """One live audio stream. Create with :meth:`StreamingRecognizer.new_stream`; mutated only by it.
-
-    Audio is kept from ``left context`` before the next chunk to the newest sample, in a buffer that is compacted
-    in place: it holds one window (left + chunk + right + final padding) while the stream is stepped in time and
-    grows, up to ``left_s + max_backlog_s + final_pad_s``, only while steps fall behind. Sample positions are
-    absolute (counted from the stream's first sample).
-    """
-
-    stream_id: str
-    offset_s: float  # absolute time of the stream's first sample (e.g. after an earlier finalised utterance)
-    audio: np.ndarray = field(repr=False)  # float32 storage; valid samples are audio[:audio_len]
-    audio_start: int = 0  # absolute sample index of audio[0]
-    audio_len: int = 0
-    received: int = 0  # samples accepted so far, including the final padding
-    padding: int = 0  # silence appended by end()
-    consumed: int = 0  # absolute sample index where the next chunk starts; everything before it is committed
-    ended: bool = False  # no more audio will come
-    done: bool = False  # the tail is decoded too
-    decoder_state: Any = field(default=None, repr=False)  # NeMo LabelLoopingStateItem after the last chunk
-    words: list[WordTiming] = field(default_factory=list)  # committed, complete words
-    committed_text: str = ""
-    open_word: list[Token] = field(default_factory=list)  # committed tokens of the word not yet closed
-    draft: list[Token] = field(default_factory=list)  # tokens decoded from the right context at the last step
-    steps: int = 0
-    final_pass: bool = True  # keep the utterance's audio for an offline final pass
-    kept: list[np.ndarray] = field(default_factory=list, repr=False)  # the real audio so far, while final_pass
-    early: Transcript | None = field(default=None, repr=False)  # an early final pass (see keep_early)
-    pass_end: int | None = None  # the final pass stops this many samples into the kept audio (None: at its end)
-
-    @property
-    def pending_samples(self) -> int:
-        """Audio received but not yet committed."""
-        return self.received - self.consumed
-
-    @property
-    def audio_s(self) -> float:
-        """Seconds of real audio received (the final padding excluded)."""
-        return (self.received - self.padding) / SAMPLE_RATE_HZ
 
 
 @dataclass(frozen=True)
@@ -218,8 +91,6 @@ class StreamingRecognizer:
     """
 
     def __init__(self, recognizer: Recognizer, config: StreamingConfig | None = None) -> None:
-        from nemo.collections.asr.parts.submodules.rnnt_decoding import RNNTBPEDecoding
-
         self.recognizer = recognizer
         self.config = config or StreamingConfig()
         self.frame_s = recognizer.frame_s
@@ -231,26 +102,12 @@ class StreamingRecognizer:
         self.right_samples = right * self.samples_per_frame
         self.pad_samples = int(round(self.config.final_pad_s * SAMPLE_RATE_HZ))
         self.max_backlog_samples = int(round(self.config.max_backlog_s * SAMPLE_RATE_HZ))
-
-        # Our own decoding object (the model's config, greedy batched, with token durations for timestamps): its
-        # label-looping computer is ours alone, so CUDA-graph buffers are never shared with the offline path.
-        model = recognizer.model
-        cfg = copy.deepcopy(model.cfg.decoding)
-        with open_dict(cfg):
-            cfg.strategy = "greedy_batch"
-            cfg.compute_timestamps = True
-            cfg.preserve_alignments = False
-        decoding = RNNTBPEDecoding(decoding_cfg=cfg, decoder=model.decoder, joint=model.joint,
-                                   tokenizer=model.tokenizer)
-        computer = getattr(decoding.decoding, "decoding_computer", None)
-        if computer is None:
-            raise ValueError("streaming needs NeMo's label-looping greedy decoder (a TDT or RNN-T model with "
-                             "blank_as_pad); this model's decoding config does not provide one")
-        self.computer = computer
-        self.tokenizer = model.tokenizer
+        self.decoder = FrameDecoder(recognizer.model)
+        self.tokenizer = recognizer.model.tokenizer
         pieces = self.tokenizer.ids_to_tokens(list(range(self.tokenizer.vocab_size)))
         self._streams_created = 0
         self._word_start = np.array([p.startswith(SENTENCEPIECE_WORD_START) for p in pieces], dtype=bool)
+        self.final_passes = 0  # offline final passes computed at the end (not taken from an early pass)
 
     # --- streams --------------------------------------------------------------------------------------------------
     def new_stream(self, stream_id: str | None = None, offset_s: float = 0.0, final_pass: bool = True) -> StreamState:
@@ -378,6 +235,7 @@ class StreamingRecognizer:
         if not states:
             return []
         late = [s for s in states if s.early is None]
+        self.final_passes += len(late)
         fresh = dict(zip(map(id, late), self.recognizer.transcribe([np.concatenate(s.kept)[: s.pass_end] for s in late],
                                                                     timestamps=True) if late else []))
         transcripts = [s.early if s.early is not None else fresh[id(s)] for s in states]
@@ -399,35 +257,11 @@ class StreamingRecognizer:
         return self._result(state, (), self._end_s(state, state.consumed))
 
     # --- decoding ---------------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def decode_frames(self, encoded: torch.Tensor, lengths: torch.Tensor,
                       decoder_states: Sequence[Any | None]) -> tuple[list[list[Token]], list[Any]]:
-        """TDT-decode ``encoded`` (B, T, D) frames continuing each row's decoder state (None: a fresh stream).
-
-        Returns the new tokens of each row (frames absolute: counted from the row's first decoded frame) and each
-        row's decoder state after them. The given states are not modified.
-        """
-        batch = encoded.shape[0]
-        if encoded.shape[1] == 0:  # NeMo needs at least one frame of storage; lengths of 0 decode nothing
-            encoded = encoded.new_zeros(batch, 1, encoded.shape[2])
-        prev = None
-        if any(s is not None for s in decoder_states):
-            prev = self.computer.merge_to_batched_state(list(decoder_states))
-        with native_rnn_kernels(encoded.device):
-            hyps, state = self.computer(encoded, lengths, prev)
-        items = self.computer.split_batched_state(state)[:batch]  # CUDA graphs may pad the batch
-        counts = hyps.current_lengths[:batch].tolist()
-        ids = hyps.transcript[:batch].tolist()
-        starts = hyps.timestamps[:batch].tolist()
-        durations = hyps.token_durations[:batch].tolist() if hyps.token_durations is not None else None
-        tokens: list[list[Token]] = []
-        for b in range(batch):
-            row = []
-            for k in range(counts[b]):
-                end = starts[b][k] + (durations[b][k] if durations is not None else 1)
-                row.append(Token(int(ids[b][k]), int(starts[b][k]), int(end)))
-            tokens.append(row)
-        return tokens, items
+        """TDT-decode ``encoded`` (B, T, D) frames continuing each row's decoder state (None: a fresh stream); see
+        :meth:`parakeet_worker.model.FrameDecoder.decode`."""
+        return self.decoder.decode(encoded, lengths, decoder_states)
 
     @torch.inference_mode()
     def _run(self, states: list[StreamState], plans: list[_Plan]) -> tuple[list[list[Token]], list[list[Token]]]:
@@ -460,10 +294,6 @@ class StreamingRecognizer:
             # exactly as a stream that was stepped as its audio arrived, so the text never depends on timing.
             chunk_end = window_end = state.received
             final = True
-        elif state.ended:
-            chunk_end = start + self.chunk_samples
-            window_end = chunk_end + self.right_samples
-            final = False
         else:
             chunk_end = start + self.chunk_samples
             window_end = chunk_end + self.right_samples

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from parakeet_worker.errors import ParakeetError
+from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE_HZ = 16_000
 FRAME_SAMPLES = 512  # silero-vad's frame at 16 kHz (32 ms)
 CONTEXT_SAMPLES = 64  # samples of the previous frame the model sees in front of each frame
 FRAME_S = FRAME_SAMPLES / SAMPLE_RATE_HZ
@@ -73,7 +73,7 @@ class VadStream:
     speech_run_s: float = 0.0
     silence_run_s: float = 0.0
     heard_speech: bool = False  # speech since the last endpoint (the utterance now open has some)
-    # Counters for the engine's early final pass (engine_streams), independent of the endpointer's state:
+    # Counters for the engine's early final pass (parakeet_worker.streaming.early_pass), independent of the endpointer's state:
     speech_frames: int = 0  # frames at or above threshold, ever
     voiced_frames: int = 0  # frames not clearly silent (probability >= threshold - 0.15), ever: grows on any voice
     frames: int = 0  # frames judged, ever (frame k covers the stream's samples k * 512 ... (k + 1) * 512)
