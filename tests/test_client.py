@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import requests
 
-from client import build_ws_url, describe_status, find_ready, job_error, main, parse_ready
+from parakeet_client import build_ws_url, describe_status, find_ready, job_error, main, parse_ready
 from parakeet_worker.config import Settings
 from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
 from parakeet_worker.serving.ws_server import ServerLimits, ServerThread, StreamServer

@@ -19,7 +19,7 @@ import soxr
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from client import pcm16
+from parakeet_client import pcm16
 from parakeet_worker.config import Settings
 from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
 from parakeet_worker.serving.ws_server import ServerLimits, StreamServer
@@ -99,7 +99,7 @@ async def test_seed_client_flow_gives_the_streaming_transcript(server, engine, h
                               "endpointing": False}))
     start = await recv(ws)
     assert start["type"] == "started" and start["sample_rate"] == 16000 and start["timestamps"] is True
-    assert start["requested_chunk_duration"] == 2.0 and start["chunk_duration"] == engine.streamer.config.chunk_s
+    assert start["requested_chunk_duration"] == 2.0 and start["chunk_duration"] == engine.stream_geometry.chunk_s
     await send_audio(ws, clip.audio, realtime=True)
     messages, stopped = await run_to_stop(ws)
     expected = streamed_alone(engine, clip.audio)
@@ -116,7 +116,7 @@ async def test_seed_client_flow_gives_the_streaming_transcript(server, engine, h
     for earlier, later in zip(partials, partials[1:]):  # a partial's committed part is a prefix of later partials
         assert later["committed_text"].startswith(earlier["committed_text"])
     assert finals[0]["final_source"] == "offline" and start["final_pass"] is True  # the final: one offline pass
-    assert start["early_final_s"] == engine.streams.early_final_s == 0.16
+    assert start["early_final_s"] == engine.stream_geometry.early_final_s == 0.16
     assert stopped["audio_seconds"] == pytest.approx(len(clip.audio) / 16000, abs=0.02)
     await ws.wait_closed()
     assert ws.close_code == 1000
@@ -404,11 +404,11 @@ async def test_churn_leaves_nothing_behind(server, engine, heldout_clips) -> Non
     for k in range(200):
         await cycle(k)
     for _ in range(100):
-        if server.active_sessions == 0 and engine.streams.active == 0:
+        if server.active_sessions == 0 and engine.stream_stats().active == 0:
             break
         await asyncio.sleep(0.1)
     gc.collect()
-    assert server.active_sessions == 0 and engine.streams.active == 0
+    assert server.active_sessions == 0 and engine.stream_stats().active == 0
     assert len(asyncio.all_tasks()) <= tasks_before
     growth = (_rss_kb() - before) / before
     assert growth < 0.05, f"RSS grew {growth:.1%} over 200 sessions"

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from client import pcm16
+from parakeet_client import pcm16
 from tests.runpod_platform import FakeRunpodPlatform, JobState, WorkerProcess, started_worker
 from tests.test_worker import JOB_TIMEOUT_S, WORKER_ENV, flac_b64, result
 
