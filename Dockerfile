@@ -51,7 +51,8 @@ WORKDIR /app
 # Dependencies first, so code changes rebuild only the last layers. torch comes from the CUDA wheel index that
 # matches the base image; `-r requirements.txt` then finds torch==2.13.0 satisfied and keeps that build.
 # silero-vad is installed without its dependencies: they pull torchaudio, which has no build for this torch;
-# the worker only needs its ONNX model file, run by onnxruntime from requirements.txt (vad.py).
+# the worker only needs its ONNX model file, run by onnxruntime from requirements.txt
+# (parakeet_worker/streaming/vad.py).
 COPY requirements.txt ./
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "$(grep -E '^torch==' requirements.txt)" \
     && pip install --no-cache-dir -r requirements.txt "${CUDA_BINDINGS}" \

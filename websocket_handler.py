@@ -6,8 +6,10 @@ On RunPod the worker (``rp_handler.py``) runs the same server beside its job loo
 :mod:`parakeet_worker.serving.ws_server`.
 """
 
+from parakeet_worker.serving.protocol import PROTOCOL_VERSION
 from parakeet_worker.serving.standalone import main
-from parakeet_worker.serving.ws_server import PROTOCOL_VERSION, ServerLimits, ServerThread, StreamServer
+from parakeet_worker.serving.ws_grants import ServerLimits
+from parakeet_worker.serving.ws_server import ServerThread, StreamServer
 
 __all__ = ["PROTOCOL_VERSION", "ServerLimits", "ServerThread", "StreamServer", "main"]
 

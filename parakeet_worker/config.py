@@ -12,11 +12,12 @@ variable is set: the option dataclass owns the default, and the composition root
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from parakeet_worker.errors import InputError
 
@@ -76,7 +77,7 @@ class Settings:
     max_audio_s: float | None = None  # PARAKEET_MAX_AUDIO_S (also the engine's limit)
     max_download_bytes: int | None = None  # PARAKEET_MAX_DOWNLOAD_BYTES
     download_timeout_s: float | None = None  # PARAKEET_DOWNLOAD_TIMEOUT_S
-    allow_private_urls: bool = False  # PARAKEET_ALLOW_PRIVATE_URLS: allow loopback/private URL targets
+    allow_private_urls: bool | None = None  # PARAKEET_ALLOW_PRIVATE_URLS: allow loopback/private URL targets
     s3: S3Credentials | None = None  # S3_ACCESS_KEY, S3_SECRET_KEY, S3_ENDPOINT, S3_REGION
     # Real-time streaming (None: ServerLimits', StreamingConfig's and EngineOptions' defaults)
     ws_host: str = "0.0.0.0"  # PARAKEET_WS_HOST: interface the WebSocket server listens on
@@ -87,9 +88,9 @@ class Settings:
     stream_left_s: float | None = None  # PARAKEET_STREAM_LEFT_S: encoder context before each chunk
     stream_chunk_s: float | None = None  # PARAKEET_STREAM_CHUNK_S: audio committed per step (80 ms multiple)
     stream_right_s: float | None = None  # PARAKEET_STREAM_RIGHT_S: lookahead after each chunk (80 ms multiple)
-    stream_step_budget_ms: float | None = None  # PARAKEET_STREAM_STEP_BUDGET_MS: longest streaming forward; 0 = no split
+    stream_step_budget_ms: float | None = None  # PARAKEET_STREAM_STEP_BUDGET_MS: longest forward; 0 = no split
     stream_final_pass_max_s: float | None = None  # PARAKEET_STREAM_FINAL_PASS_MAX_S: offline finals up to this; 0 = off
-    stream_early_final_s: float | None = None  # PARAKEET_STREAM_EARLY_FINAL_S: pause that starts the final pass; 0 = off
+    stream_early_final_s: float | None = None  # PARAKEET_STREAM_EARLY_FINAL_S: pause starting the final pass; 0 = off
     runpod_public_ip: str = ""  # RUNPOD_PUBLIC_IP: set by RunPod when a TCP port is exposed
     runpod_tcp_port: int = 0  # RUNPOD_TCP_PORT_<ws_port>: the public port RunPod maps to ws_port
     # Observability
@@ -102,7 +103,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}  # each parsed to its field's type by _parse
         for name, var in _ENV_NAMES.items():
             raw = env.get(var)
             if raw is None or raw == "":
@@ -116,7 +117,7 @@ class Settings:
         mapped = env.get(f"RUNPOD_TCP_PORT_{port}")
         if mapped:
             values["runpod_tcp_port"] = _parse("runpod_tcp_port", f"RUNPOD_TCP_PORT_{port}", mapped)
-        settings = cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)
         if not 0 <= settings.ws_port <= 65535:
             raise InputError("PARAKEET_WS_PORT must be a TCP port number (0 picks a free one)")
         for name in ("max_batch", "concurrency", "max_download_bytes", "ws_max_sessions"):
@@ -191,12 +192,12 @@ def _parse(name: str, var: str, raw: str) -> object:
         raise InputError(f"{var}={raw!r} is not a boolean: use 1/0, true/false, yes/no or on/off")
     if kind == "float":
         try:
-            value = float(raw)
+            number = float(raw)
         except ValueError:
             raise InputError(f"{var}={raw!r} is not a number") from None
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(number):
             raise InputError(f"{var}={raw!r} is not a finite number")
-        return value
+        return number
     if kind == "int":
         try:
             return int(raw)

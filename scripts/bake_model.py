@@ -2,7 +2,7 @@
 
     python scripts/bake_model.py nvidia/parakeet-tdt-0.6b-v3 /models [--revision REV]
 
-It lands as ``<models_dir>/<org>--<name>/<file>.nemo``, one of the layouts ``model_loader`` looks for under
+It lands as ``<models_dir>/<org>--<name>/<file>.nemo``, one of the layouts ``parakeet_worker.model.loader`` looks for under
 ``PARAKEET_MODEL_DIR`` (default ``/models``) when ``PARAKEET_MODEL`` names that id. Only ``*.nemo`` is fetched.
 A token for gated or private repositories comes from ``HF_TOKEN``, as huggingface_hub reads it.
 """
@@ -18,7 +18,7 @@ Downloader = Callable[..., str]
 
 
 def bake_dir(models_dir: Path, model_id: str) -> Path:
-    """Where ``model_id`` goes under ``models_dir`` (``org--name``, as ``model_loader._dir_nemo`` expects)."""
+    """Where ``model_id`` goes under ``models_dir`` (``org--name``, as ``parakeet_worker.model.loader._dir_nemo`` expects)."""
     return models_dir / model_id.replace("/", "--")
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python -m testmodel.evaluate            # prints the table
     .venv/bin/python -m testmodel.evaluate --write    # also replaces the results block in docs/TEST_MODEL.md
 
-The model is loaded through the service's own loading code (:func:`model_loader.load_model`) and run through
+The model is loaded through the service's own loading code (:func:`parakeet_worker.model.load_model`) and run through
 its offline recognizer, so the numbers are those the service produces.
 """
 

@@ -1,4 +1,11 @@
-"""Fixtures shared by every test: the committed test model, its held-out clips, and a WER helper."""
+"""Fixtures shared by every test: the committed test model, its held-out clips, and a WER helper.
+
+Also the markers (registered in pyproject.toml) of what a test needs beyond Python and the repository's files:
+``model`` (loads the committed test model, in this process or in a worker it starts), ``socket`` (real sockets on
+localhost), ``worker`` (starts the real worker process), ``image`` (lints the image or builds a venv the way it
+does). Most follow from the fixtures a test uses, so a new test is marked by what it asks for; the table below is
+the one place that knows which fixture needs what. ``bash scripts/test.sh --fast`` runs the tests with none.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,42 @@ import pytest
 import torch
 
 from testmodel.heldout import MODEL_PATH, Clip, WerStats, load_heldout, wer
+
+# Fixture -> markers, wherever the fixture is used (directly or through another fixture).
+_FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
+    "loaded_test_model": ("model",),  # and every fixture built on it: recognizer, engines, servers over an engine
+    "http_root": ("socket",),  # test_handler: files served over HTTP on localhost
+    "ws_url": ("socket",),  # test_client: the WebSocket server over the engine
+    "local_api": ("socket", "worker", "model"),  # test_client: rp_handler.py --rp_serve_api
+    "endpoint": ("socket", "worker", "model"),  # test_client: the worker behind the local RunPod platform
+}
+# Fixture names that mean a server only in their own module: (module, fixture) -> markers.
+_MODULE_FIXTURE_MARKS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("test_audio_utils", "server"): ("socket",),  # the HTTP/S3 stand-in on localhost
+}
+# Whole modules, and single tests that open a socket without a fixture.
+_MODULE_MARKS: dict[str, tuple[str, ...]] = {
+    "test_websocket": ("socket",),
+    "test_worker_websocket": ("socket", "worker", "model"),
+}
+_TEST_MARKS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("test_audio_utils", "test_https_certificate_is_verified"): ("socket",),
+    ("test_audio_utils", "test_connection_refused_is_a_download_error"): ("socket",),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if isinstance(item, pytest.Function) else ""
+        marks = set(_MODULE_MARKS.get(module, ()))
+        marks.update(_TEST_MARKS.get((module, getattr(item, "originalname", item.name)), ()))
+        for name in getattr(item, "fixturenames", ()):
+            marks.update(_FIXTURE_MARKS.get(name, ()))
+            marks.update(_MODULE_FIXTURE_MARKS.get((module, name), ()))
+        present = {mark.name for mark in item.iter_markers()}
+        for mark in sorted(marks - present):
+            item.add_marker(mark)
+
 
 # Tests run beside each other on 2 cores; one intra-op thread per process keeps timings stable.
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

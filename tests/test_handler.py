@@ -63,6 +63,7 @@ def service(loaded_test_model, test_model_path) -> Iterator[TranscriptionService
 def http_root(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     root = tmp_path_factory.mktemp("www")
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root)))
+    # A class attribute on purpose: the server builds a handler per request. Quiet, not a test subject.
     SimpleHTTPRequestHandler.log_message = lambda *a: None  # type: ignore[method-assign]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -153,7 +154,8 @@ async def test_timestamps_srt_and_vtt(service, heldout_clips) -> None:
 
 async def test_several_inputs_in_one_job_keep_the_good_ones(service, heldout_clips, offline_text) -> None:
     clips = heldout_clips[:3]
-    job = {"inputs": [{"audio_base64": flac_b64(c.audio)} for c in clips] + [{"audio_base64": b64(AUDIO / "not_audio_text.wav")}]}
+    job = {"inputs": [{"audio_base64": flac_b64(c.audio)} for c in clips]
+           + [{"audio_base64": b64(AUDIO / "not_audio_text.wav")}]}
     out = await service.handle({"input": job})
     assert out["success"] and len(out["results"]) == 4
     assert [r["success"] for r in out["results"]] == [True, True, True, False]

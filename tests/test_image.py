@@ -1,7 +1,7 @@
 """The container image, checked without Docker (none runs on these machines).
 
-- hadolint lints the Dockerfile; the Dockerfile's facts agree with requirements.txt, settings.py and the RunPod
-  Hub files (CUDA line, exposed port, model directory, start command);
+- hadolint lints the Dockerfile; the Dockerfile's facts agree with requirements.txt, the settings
+  (parakeet_worker/config.py) and the RunPod Hub files (CUDA line, exposed port, model directory, start command);
 - ``.runpod/hub.json`` and ``.runpod/tests.json`` are valid: every env input is a real setting with its real
   default, every setting a user may change is offered, and every test job is a valid job input;
 - ``.dockerignore`` keeps every module the worker imports;
@@ -111,11 +111,13 @@ def _hadolint() -> str:
     return exe
 
 
+@pytest.mark.image
 def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
     done = subprocess.run([_hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and not done.stdout.strip(), f"hadolint:\n{done.stdout}{done.stderr}"
 
 
+@pytest.mark.image
 def test_hadolint_does_catch_a_bad_dockerfile(tmp_path: Path) -> None:
     """The lint above is not vacuous: the same call fails on the usual mistakes."""
     bad = tmp_path / "Dockerfile"
@@ -165,7 +167,7 @@ def test_dockerfile_installs_the_image_extras_the_venv_test_installs() -> None:
 
 
 def test_baked_model_lands_where_the_loader_looks(tmp_path: Path) -> None:
-    """``--build-arg MODEL_ID``: scripts/bake_model.py's layout is one model_loader resolves for that id."""
+    """``--build-arg MODEL_ID``: scripts/bake_model.py's layout is one the model loader resolves for that id."""
     spec = importlib.util.spec_from_file_location("bake_model", REPO / "scripts" / "bake_model.py")
     assert spec is not None and spec.loader is not None
     bake_model = importlib.util.module_from_spec(spec)
@@ -242,7 +244,7 @@ def context_files() -> list[str]:
 
 
 def local_imports(entry: str) -> set[str]:
-    """Every repository module ``entry`` imports, directly or not (top-level ``*.py`` files)."""
+    """Every repository module ``entry`` imports, directly or not (top-level files and package modules)."""
     seen: set[str] = set()
     todo = [entry]
     while todo:
@@ -455,6 +457,9 @@ def image_venv() -> Iterator[Path]:
     yield target
 
 
+@pytest.mark.image
+@pytest.mark.worker
+@pytest.mark.model
 def test_what_the_image_runs_serves_a_job(image_venv: Path, tmp_path: Path) -> None:
     """The image's command, on the build context's files, in a venv made only from requirements.txt."""
     app = tmp_path / "app"

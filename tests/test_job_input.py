@@ -6,6 +6,7 @@ import pytest
 
 from parakeet_worker.errors import InputError
 from parakeet_worker.serving.job_input import InfoRequest, TranscribeRequest, WebsocketRequest, parse_job_input
+from parakeet_worker.serving.ws_grants import ServerLimits
 from tests.bad_inputs import BAD_JOB_INPUTS
 
 
@@ -43,14 +44,27 @@ def test_inputs_list_mixes_urls_and_base64_with_a_shared_format_hint() -> None:
 def test_info_and_websocket_actions() -> None:
     assert isinstance(parse_job_input({"action": "info"}), InfoRequest)
     assert parse_job_input({"action": "websocket"}) == WebsocketRequest()
-    request = parse_job_input({"action": "websocket", "idle_timeout": 5, "max_duration": 60}, max_session_s=600)
+    request = parse_job_input({"action": "websocket", "idle_timeout": 5, "max_duration": 60},
+                              limits=ServerLimits(max_session_s=600))
     assert request == WebsocketRequest(idle_timeout_s=5.0, max_session_s=60.0)
     for bad, needle in (({"action": "websocket", "max_session_s": 60}, "unknown key"),
                         ({"action": "websocket", "max_session_length": 601}, "max_session_length"),
                         ({"action": "websocket", "idle_timeout": 0}, "idle_timeout"),
                         ({"action": "websocket", "max_duration": 5, "max_session_length": 5}, "not both")):
         with pytest.raises(InputError, match=needle):
-            parse_job_input(bad, max_session_s=600)
+            parse_job_input(bad, limits=ServerLimits(max_session_s=600))
+
+
+def test_websocket_timeouts_are_bounded_by_the_server_limits() -> None:
+    """A job may ask for up to 10 minutes of idle time, or for the server's own idle timeout if that is longer."""
+    assert parse_job_input({"action": "websocket", "idle_timeout": 600}).idle_timeout_s == 600.0
+    with pytest.raises(InputError, match="'idle_timeout' must be between 1 and 600 seconds"):
+        parse_job_input({"action": "websocket", "idle_timeout": 601})
+    patient = ServerLimits(idle_timeout_s=900.0, max_session_s=7200.0)
+    request = parse_job_input({"action": "websocket", "idle_timeout": 900, "max_session_length": 7200}, limits=patient)
+    assert request == WebsocketRequest(idle_timeout_s=900.0, max_session_s=7200.0)
+    with pytest.raises(InputError, match="'max_session_length' must be between 1 and 3600 seconds"):
+        parse_job_input({"action": "websocket", "max_session_length": 7200})
 
 
 def test_use_local_attention_false_means_full_attention_only() -> None:

@@ -22,6 +22,9 @@ import pytest
 
 from tests.runpod_platform import FakeRunpodPlatform, JobState, WorkerProcess, run_worker
 
+# Worker processes (echo and generator handlers, no model) against the platform stand-in on a localhost port.
+pytestmark = [pytest.mark.worker, pytest.mark.socket]
+
 ECHO_WORKER = "tests/workers/echo_worker.py"
 STREAM_WORKER = "tests/workers/stream_worker.py"
 WORKER_START_TIMEOUT_S = 30.0  # importing runpod takes ~3 s on a loaded 2-core machine

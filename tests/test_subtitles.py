@@ -8,7 +8,8 @@ from parakeet_worker.serving.subtitles import MAX_CUE_S, cues_from_words, to_srt
 from parakeet_worker.transcript import SegmentTiming, WordTiming
 
 WORDS = [WordTiming(w, 0.5 + i * 0.4, 0.8 + i * 0.4) for i, w in enumerate("turn on the kitchen lights".split())]
-WORDS += [WordTiming(w, 5.0 + i * 0.4, 5.3 + i * 0.4) for i, w in enumerate(("set the timer to ten minutes " * 4).split())]
+WORDS += [WordTiming(w, 5.0 + i * 0.4, 5.3 + i * 0.4)
+          for i, w in enumerate(("set the timer to ten minutes " * 4).split())]
 WORDS += [WordTiming("stop", 3725.25, 3725.6)]  # past one hour
 
 

@@ -28,6 +28,9 @@ from tests.runpod_platform import (
     started_worker,
 )
 
+# Every test starts rp_handler.py, which loads (or tries to load) the test model and opens its ports.
+pytestmark = [pytest.mark.worker, pytest.mark.model, pytest.mark.socket]
+
 REPO = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT_S = 60.0
 WORKER_ENV = {"PARAKEET_MODEL": str(MODEL_PATH), "PARAKEET_ALLOW_PRIVATE_URLS": "1", "PARAKEET_CONCURRENCY": "3",
@@ -46,6 +49,7 @@ def files(tmp_path_factory, heldout_clips) -> Iterator[str]:
     root = tmp_path_factory.mktemp("www")
     sf.write(root / "long.flac", build_long_audio(heldout_clips, minutes=4).audio, 16_000)
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root)))
+    # A class attribute on purpose: the server builds a handler per request. Quiet, not a test subject.
     SimpleHTTPRequestHandler.log_message = lambda *a: None  # type: ignore[method-assign]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -116,7 +120,8 @@ def test_unloadable_model_exits_with_instructions(tmp_path) -> None:
 
 
 def _post(url: str, payload: dict, timeout: float = JOB_TIMEOUT_S) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 

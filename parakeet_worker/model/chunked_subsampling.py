@@ -16,6 +16,8 @@ request) go through the original module untouched.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 DEFAULT_CHUNK_FRAMES = 6000  # 60 s of 10 ms feature frames per window
@@ -39,7 +41,7 @@ class ChunkedSubsampling(torch.nn.Module):
         self.chunk_frames = chunk_frames
         self.margin_frames = margin_frames
 
-    def __getattr__(self, name: str):  # NeMo reads attributes of pre_encode (e.g. for streaming caches)
+    def __getattr__(self, name: str) -> Any:  # NeMo reads attributes of pre_encode (e.g. for streaming caches)
         try:
             return super().__getattr__(name)
         except AttributeError:

@@ -71,11 +71,13 @@ class RequestRecord:
 def _opt_float(value: object) -> float | None:
     if value is None or isinstance(value, bool):
         return None
+    # a JSON value: float() of a non-number raises, and read_records counts the line as unreadable
     number = float(value)  # type: ignore[arg-type]
     return number if math.isfinite(number) else None
 
 
 def _opt_int(value: object) -> int | None:
+    # a JSON value: int() of a non-number raises, and read_records counts the line as unreadable
     return None if value is None or isinstance(value, bool) else int(value)  # type: ignore[call-overload]
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from parakeet_worker.errors import InputError
+from parakeet_worker.serving.ws_grants import ServerLimits
 
 OutputFormat = Literal["json", "text", "srt", "vtt"]
 OUTPUT_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt")
@@ -19,6 +20,7 @@ ACTIONS = ("transcribe", "info", "websocket")
 MAX_INPUTS = 64
 MIN_CHUNK_S = 5.0
 MAX_CHUNK_S = 3600.0
+MAX_JOB_IDLE_S = 600.0  # a websocket job may ask for an idle timeout up to this, or up to the server's if longer
 
 _AUDIO_KEYS = ("audio_base64", "audio_url", "audio")
 _TRANSCRIBE_KEYS = {
@@ -104,9 +106,10 @@ def _audio_source(item: Mapping[str, Any], where: str, format_hint: str | None) 
     return AudioSource("url", value.strip(), hint)
 
 
-def parse_job_input(raw: object, *, max_session_s: float = 3600.0,
-                    max_idle_s: float = 600.0) -> TranscribeRequest | InfoRequest | WebsocketRequest:
-    """A typed request; websocket limits are checked against the worker's bounds (``max_session_s``, ...)."""
+def parse_job_input(raw: object, *,
+                    limits: ServerLimits | None = None) -> TranscribeRequest | InfoRequest | WebsocketRequest:
+    """A typed request; a websocket job's timeouts are checked against the server's ``limits``."""
+    limits = limits or ServerLimits()
     if not isinstance(raw, Mapping):
         raise InputError(f"the job 'input' must be a JSON object, got {type(raw).__name__}")
     action = raw.get("action", "transcribe")
@@ -120,8 +123,9 @@ def parse_job_input(raw: object, *, max_session_s: float = 3600.0,
         if "max_session_length" in raw and "max_duration" in raw:
             raise InputError("give 'max_session_length' or its alias 'max_duration', not both")
         length_key = "max_duration" if "max_duration" in raw else "max_session_length"
+        max_idle_s = max(MAX_JOB_IDLE_S, limits.idle_timeout_s)
         return WebsocketRequest(idle_timeout_s=_seconds(raw, "idle_timeout", 1.0, max_idle_s),
-                                max_session_s=_seconds(raw, length_key, 1.0, max_session_s))
+                                max_session_s=_seconds(raw, length_key, 1.0, limits.max_session_s))
     if action == "info":
         extra = sorted(set(raw) - {"action"})
         if extra:
@@ -130,7 +134,8 @@ def parse_job_input(raw: object, *, max_session_s: float = 3600.0,
 
     unknown = sorted(set(raw) - _TRANSCRIBE_KEYS)
     if unknown:
-        raise InputError(f"unknown input key(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(sorted(_TRANSCRIBE_KEYS))}")
+        raise InputError(f"unknown input key(s) {', '.join(map(repr, unknown))}; "
+                         f"accepted: {', '.join(sorted(_TRANSCRIBE_KEYS))}")
     if "timestamps" in raw and "timestamp" in raw:
         raise InputError("give 'timestamps' or its alias 'timestamp', not both")
     timestamps = _bool(raw, "timestamps" if "timestamps" in raw else "timestamp") or False
@@ -141,7 +146,8 @@ def parse_job_input(raw: object, *, max_session_s: float = 3600.0,
 
     if "inputs" in raw and raw["inputs"] is not None:
         if any(raw.get(k) not in (None, "") for k in _AUDIO_KEYS):
-            raise InputError("give either 'inputs' or a single audio key ('audio_base64', 'audio_url', 'audio'), not both")
+            raise InputError("give either 'inputs' or a single audio key ('audio_base64', 'audio_url', 'audio'), "
+                             "not both")
         items = raw["inputs"]
         if not isinstance(items, list) or not items:
             raise InputError("'inputs' must be a non-empty list of objects with 'audio_base64' or 'audio_url'")
@@ -156,7 +162,8 @@ def parse_job_input(raw: object, *, max_session_s: float = 3600.0,
                 raise InputError(f"{where} must be an object or a URL string, got {type(item).__name__}")
             extra = sorted(set(item) - _INPUT_ITEM_KEYS)
             if extra:
-                raise InputError(f"{where}: unknown key(s) {', '.join(map(repr, extra))}; accepted: audio_base64, audio_url, audio, format")
+                raise InputError(f"{where}: unknown key(s) {', '.join(map(repr, extra))}; "
+                                 "accepted: audio_base64, audio_url, audio, format")
             sources.append(_audio_source(item, where, format_hint))
         multiple = True
     else:
@@ -169,7 +176,8 @@ def parse_job_input(raw: object, *, max_session_s: float = 3600.0,
     if not chunk and (chunk_s is not None or overlap_s is not None):
         raise InputError("'chunk_duration'/'chunk_overlap' need 'chunk_long_audio': true")
     if chunk_s is not None and overlap_s is not None and overlap_s >= chunk_s / 2:
-        raise InputError(f"'chunk_overlap' ({overlap_s:g} s) must be less than half of 'chunk_duration' ({chunk_s:g} s)")
+        raise InputError(f"'chunk_overlap' ({overlap_s:g} s) must be less than half of "
+                         f"'chunk_duration' ({chunk_s:g} s)")
     local = _bool(raw, "use_local_attention")
     if chunk and local:
         raise InputError("'chunk_long_audio' and 'use_local_attention' are two different long-audio modes: choose one")

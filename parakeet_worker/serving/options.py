@@ -7,14 +7,16 @@ refuses becomes an :class:`~parakeet_worker.errors.InputError` naming the enviro
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from parakeet_worker.audio import AudioLimits
 from parakeet_worker.config import Settings
 from parakeet_worker.engine import EngineOptions
 from parakeet_worker.errors import InputError
-from parakeet_worker.serving.ws_server import ServerLimits
+from parakeet_worker.serving.ws_grants import ServerLimits
 from parakeet_worker.streaming import StreamingConfig
+
+_Option = TypeVar("_Option")
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ def _given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _build(kind: type, what: str, **values: Any) -> Any:
+def _build(kind: type[_Option], what: str, **values: Any) -> _Option:
     try:
         return kind(**_given(**values))
     except ValueError as exc:
@@ -63,6 +65,7 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
         max_batch=o.engine.max_batch, batch_wait_ms=o.engine.batch_wait_ms, chunk_s=o.engine.default_chunk_s,
         chunk_overlap_s=o.engine.default_overlap_s, max_audio_s=o.audio.max_duration_s,
         max_download_bytes=o.audio.max_bytes, download_timeout_s=o.audio.download_timeout_s,
+        allow_private_urls=o.audio.allow_private_urls,
         ws_max_sessions=o.server.max_sessions, ws_idle_timeout_s=o.server.idle_timeout_s,
         ws_max_session_s=o.server.max_session_s, stream_left_s=o.engine.streaming.left_s,
         stream_chunk_s=o.engine.streaming.chunk_s, stream_right_s=o.engine.streaming.right_s,

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import runpod
 
@@ -36,13 +36,16 @@ from parakeet_worker.serving.job_input import (
     parse_job_input,
 )
 from parakeet_worker.serving.options import WorkerOptions, worker_options
+from parakeet_worker.serving.protocol import ENCODING, MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, PROTOCOL_VERSION
 from parakeet_worker.serving.subtitles import cues_from_words, to_srt, to_vtt
-from parakeet_worker.serving.ws_server import PROTOCOL_VERSION, ServerThread, StreamServer, public_address
+from parakeet_worker.serving.ws_server import ServerThread, StreamServer, public_address
 
 logger = logging.getLogger("rp_handler")
 
 WORKER_VERSION = "0.4.0"
 PROGRESS_INTERVAL_S = 2.0
+# The job's `use_local_attention` (unset, true, false) as the engine's attention choice.
+_ATTENTION: dict[bool | None, Literal["auto", "local", "full"]] = {None: "auto", True: "local", False: "full"}
 
 
 def error_output(exc: ParakeetError | str, code: str | None = None) -> dict[str, Any]:
@@ -112,8 +115,7 @@ class TranscriptionService:
     async def _handle(self, job: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
         try:
-            request = parse_job_input(job.get("input"), max_session_s=self.options.server.max_session_s,
-                                      max_idle_s=max(600.0, self.options.server.idle_timeout_s))
+            request = parse_job_input(job.get("input"), limits=self.options.server)
         except ParakeetError as exc:
             logger.info("job %s refused: %s", job.get("id"), exc)
             self.metrics.record("batch", audio_s=0.0, error_code=exc.code, total_s=time.monotonic() - started)
@@ -159,7 +161,7 @@ class TranscriptionService:
         ready = {
             "status": "ready", "ws_url": f"ws://{host}:{port}/?token={grant.token}", "host": host, "port": port,
             "address": which, "token": grant.token, "protocol": PROTOCOL_VERSION,
-            "sample_rates": [8000, 48000], "encoding": "pcm_s16le",
+            "sample_rates": [MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ], "encoding": ENCODING,
             "limits": {"idle_timeout_s": grant.limits.idle_timeout_s, "max_session_s": grant.limits.max_session_s,
                        "connect_timeout_s": grant.limits.connect_timeout_s},
         }
@@ -182,11 +184,10 @@ class TranscriptionService:
             s3=self.settings.s3, work_dir=work_dir,
         )
         reporter.update({"stage": "transcribing", "audio_seconds": round(audio.duration_s, 3)})
-        attention = {None: "auto", True: "local", False: "full"}[request.use_local_attention]
         options = TranscribeOptions(
             timestamps=True,  # segments are always returned; word/char timestamps only when asked
-            attention=attention, chunked=request.chunk_long_audio, chunk_s=request.chunk_duration_s,
-            overlap_s=request.chunk_overlap_s,
+            attention=_ATTENTION[request.use_local_attention], chunked=request.chunk_long_audio,
+            chunk_s=request.chunk_duration_s, overlap_s=request.chunk_overlap_s,
         )
         result = await self.engine.transcribe(audio.samples, options, progress=reporter.update)
         self.metrics.record("batch", audio_s=result.duration_s, inference_s=result.processing_s - result.queue_wait_s,

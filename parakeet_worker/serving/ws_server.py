@@ -138,7 +138,7 @@ class StreamServer:
                          {"error": f"server is busy ({self.limits.max_sessions} sessions); retry later"})
         grant.used = True
         # handed to _connection on the connection itself: websockets offers no other per-handshake state
-        connection.grant = grant  # type: ignore[attr-defined]
+        connection.grant = grant  # type: ignore[attr-defined]  # websockets' connection has no slot for it
         return None
 
     async def _connection(self, ws: ServerConnection) -> None:
