@@ -12,6 +12,7 @@ from parakeet_worker.audio import (
     load_audio_input,
     load_base64,
     pcm16_to_float32,
+    redact_url,
     resample,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "load_audio_input",
     "load_base64",
     "pcm16_to_float32",
+    "redact_url",
     "resample",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import struct
+from pathlib import Path
 
 GOOD_B64 = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAgD4AAAB9AAACABAAZGF0YQAAAAA="  # valid WAV header, zero samples
 
@@ -47,6 +49,24 @@ BAD_JOB_INPUTS: list[tuple[str, object, str]] = [
     ("bool as chunk duration", {"audio_url": "https://x.test/a.wav", "chunk_long_audio": True, "chunk_duration": True}, "number of seconds"),
 ]
 
+
+
+def _wav_b64(rate: int, channels: int, data: bytes, *, float32: bool = False) -> str:
+    """Base64 of a WAV file with whatever header a hostile client writes."""
+    width = 4 if float32 else 2
+    fmt = struct.pack("<HHIIHH", 3 if float32 else 1, channels, rate, rate * channels * width, channels * width,
+                      8 * width)  # fmt: skip
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    return base64.b64encode(b"RIFF" + struct.pack("<I", len(body)) + body).decode()
+
+
+_LOCAL_MP3 = Path(__file__).parent / "assets" / "audio" / "en_librispeech_2412-153948-0000.mp3"
+# An HLS playlist naming a local file, behind an empty ID3v2.4 tag: sniffed as MP3, and ffmpeg must not follow it.
+_PLAYLIST_BEHIND_ID3 = base64.b64encode(
+    b"ID3\x04\x00\x00\x00\x00\x00\x10" + b"\0" * 16
+    + f"#EXTM3U\n#EXT-X-TARGETDURATION:20\n#EXTINF:12,\n{_LOCAL_MP3}\n#EXT-X-ENDLIST\n".encode()
+).decode()  # fmt: skip
+
 # Inputs that pass validation but fail while fetching or decoding the audio.
 BAD_AUDIO_INPUTS: list[tuple[str, dict, str]] = [
     ("invalid base64", {"audio_base64": "this is not base64!!"}, "base64"),
@@ -57,4 +77,12 @@ BAD_AUDIO_INPUTS: list[tuple[str, dict, str]] = [
     ("loopback url refused", {"audio_url": "http://127.0.0.1:9/a.wav"}, "127.0.0.1"),
     ("link-local url refused", {"audio_url": "http://169.254.169.254/latest/meta-data"}, "169.254.169.254"),
     ("raw pcm without hint", {"audio_base64": base64.b64encode(bytes(range(256)) * 200).decode()}, "pcm_s16le"),
+    ("malformed ipv6 url", {"audio_url": "http://[::1/x"}, "not a valid IPv6 address"),
+    ("url port out of range", {"audio_url": "https://x.test:99999/a.wav"}, "port is not a number"),
+    ("s3 url with credentials", {"audio_url": "s3://AKIA:hunter2@bucket/key.wav"}, "cannot fetch s3://bucket/key.wav"),
+    ("1 Hz wav", {"audio_base64": _wav_b64(1, 1, bytes(8000))}, "sample rate of 1 Hz"),
+    ("1000-channel wav", {"audio_base64": _wav_b64(16000, 1000, bytes(2000 * 160))}, "1000 channels"),
+    ("huge float samples", {"audio_base64": _wav_b64(16000, 1, struct.pack("<f", 1e30) * 1600, float32=True)},
+     "far outside"),
+    ("playlist behind id3", {"audio_base64": _PLAYLIST_BEHIND_ID3}, "mp3 data could not be decoded"),
 ]

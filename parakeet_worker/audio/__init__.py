@@ -14,7 +14,7 @@ Temp files are removed on success and on error.
 """
 
 from parakeet_worker.audio.decode import decode_bytes, decode_file
-from parakeet_worker.audio.fetch import fetch_url
+from parakeet_worker.audio.fetch import fetch_url, redact_url
 from parakeet_worker.audio.limits import DEFAULT_MAX_DURATION_S, AudioLimits, DecodedAudio
 from parakeet_worker.audio.load import load_audio_input, load_base64
 from parakeet_worker.audio.pcm import pcm16_to_float32, resample
@@ -29,5 +29,6 @@ __all__ = [
     "load_audio_input",
     "load_base64",
     "pcm16_to_float32",
+    "redact_url",
     "resample",
 ]

@@ -6,7 +6,16 @@ Decoding
     AAC, MP4/M4A, WebM/Matroska, AMR and ASF/WMA, and anything libsndfile fails on, go through ``ffmpeg`` (a
     subprocess reading a file path, bounded by ``AudioLimits.decode_timeout_s``). Channels are averaged to mono and
     the rate is converted to 16 kHz with soxr, block by block, so memory stays bounded and decoding stops as soon as
-    the duration limit is passed. The duration is counted from decoded samples, never taken from headers.
+    the duration limit is passed. The duration is counted from decoded samples, never taken from headers; an
+    exact header (libsndfile's frame count, or the duration a container states to ffmpeg) that already declares
+    more than the limit is refused before decoding.
+    Absurd headers (rates outside 1-384 kHz, more than 64 channels) and non-finite or absurdly large samples are
+    refused (:class:`~parakeet_worker.audio.pcm.MonoSink`).
+
+ffmpeg only demuxes what was sniffed
+    ffmpeg is told the container (``-f``), may use only that demuxer (``-format_whitelist``) and only the ``file``
+    protocol: it never probes the bytes itself, so a playlist (HLS, ffconcat) behind an ID3 tag sniffed as MP3 is
+    read as MP3 and fails, instead of making ffmpeg open the local files or URLs it names.
 
 Damaged input, one rule
     A truncated or partly corrupt file that still yields samples decodes to the samples present and logs a
@@ -31,13 +40,21 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, BinaryIO
 
 import numpy as np
 import soundfile as sf
 
-from parakeet_worker.audio.limits import DEFAULT_LIMITS, AudioLimits, DecodedAudio, too_long_error
+from parakeet_worker.audio.limits import (
+    DEFAULT_LIMITS,
+    MAX_SAMPLE_RATE_HZ,
+    MIN_SAMPLE_RATE_HZ,
+    AudioLimits,
+    DecodedAudio,
+    too_long_error,
+)
 from parakeet_worker.audio.pcm import MonoSink, pcm16_to_float32, resample
 from parakeet_worker.audio.sniff import (
     HEAD_BYTES,
@@ -51,6 +68,7 @@ from parakeet_worker.errors import (
     AudioTooLargeError,
     EmptyAudioError,
     InputError,
+    ParakeetError,
     UnsupportedFormatError,
 )
 from parakeet_worker.transcript import SAMPLE_RATE_HZ
@@ -60,10 +78,15 @@ logger = logging.getLogger(__name__)
 RAW_PCM_FORMATS = frozenset({"pcm_s16le", "s16le"})
 """``format_hint`` values that mean headerless 16-bit little-endian mono PCM."""
 
-_DECODE_BLOCK_S = 4
 _FFMPEG_LOG_TAIL_BYTES = 1 << 16
-_MIN_RAW_SAMPLE_RATE_HZ = 1000
-_MAX_RAW_SAMPLE_RATE_HZ = 384_000
+_UNKNOWN_FRAMES = 1 << 62
+"""libsndfile reports an unknown length as SF_COUNT_MAX; frame counts from here up are not a declared length."""
+
+FFMPEG_DEMUXERS = {
+    "wav": "wav", "w64": "w64", "flac": "flac", "ogg": "ogg", "aiff": "aiff", "au": "au", "caf": "caf",
+    "mp3": "mp3", "aac": "aac", "mp4": "mov", "webm": "matroska", "amr": "amr", "asf": "asf",
+}  # fmt: skip
+"""The one ffmpeg demuxer each sniffed container may use (none of them follows references to other files)."""
 
 
 def decode_bytes(
@@ -99,7 +122,18 @@ def decode_source(
     """Bytes or a file to samples: check the size, sniff the container, decode, check the result.
 
     ``tmp_dir`` holds the temp file ffmpeg reads when ``source`` is bytes (default: the system temp dir).
+    A refusal is raised without its traceback: the decoders' frames hold blocks of samples, and callers keep
+    the errors of refused inputs until the job ends.
     """
+    try:
+        return _decode_source(source, format_hint, sample_rate, limits, tmp_dir)
+    except ParakeetError as exc:
+        raise exc.with_traceback(None) from exc.__cause__
+
+
+def _decode_source(
+    source: bytes | Path, format_hint: str | None, sample_rate: int | None, limits: AudioLimits, tmp_dir: str | None
+) -> DecodedAudio:
     head = _checked_head(source, limits)
     hint = _normalise_hint(format_hint)
     container, strong = sniff(head)
@@ -177,8 +211,6 @@ def _checked_result(samples: np.ndarray, container: str, notes: list[str]) -> De
     if samples.size == 0:
         detail = f" ({'; '.join(notes)})" if notes else ""
         raise EmptyAudioError(f"the {container} audio contains no samples{detail}")
-    if not np.isfinite(samples).all():
-        raise AudioDecodeError(f"the {container} audio contains NaN or infinite sample values")
     if notes:
         logger.warning(
             "%s audio decoded to %.2f s but may be truncated or damaged: %s",
@@ -192,10 +224,10 @@ def _checked_result(samples: np.ndarray, container: str, notes: list[str]) -> De
 # --- Decoders --------------------------------------------------------------------------------------------------
 def _decode_raw_pcm(raw: bytes, sample_rate: int | None, limits: AudioLimits) -> DecodedAudio:
     rate = SAMPLE_RATE_HZ if sample_rate is None else sample_rate
-    if not isinstance(rate, int) or not _MIN_RAW_SAMPLE_RATE_HZ <= rate <= _MAX_RAW_SAMPLE_RATE_HZ:
+    if not isinstance(rate, int) or not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
         raise InputError(
-            f"sample_rate for raw PCM must be an integer from {_MIN_RAW_SAMPLE_RATE_HZ} to "
-            f"{_MAX_RAW_SAMPLE_RATE_HZ} Hz, got {sample_rate!r}"
+            f"sample_rate for raw PCM must be an integer from {MIN_SAMPLE_RATE_HZ} to "
+            f"{MAX_SAMPLE_RATE_HZ} Hz, got {sample_rate!r}"
         )
     if len(raw) // 2 > limits.max_duration_s * rate:
         raise too_long_error(limits)
@@ -209,11 +241,12 @@ def _decode_with_soundfile(source: bytes | Path, limits: AudioLimits, notes: lis
     file: BinaryIO | Path = io.BytesIO(source) if isinstance(source, bytes) else source
     with sf.SoundFile(file) as f:
         rate, declared = f.samplerate, f.frames
-        sink = MonoSink(rate, limits)
-        block_frames = rate * _DECODE_BLOCK_S
+        sink = MonoSink(rate, f.channels, limits)
+        if 0 < declared < _UNKNOWN_FRAMES and declared / rate > limits.max_duration_s:
+            raise too_long_error(limits, declared / rate)  # exact for these containers: refuse before decoding
         decoded = 0
         while True:
-            block = f.read(block_frames, dtype="float32", always_2d=True)
+            block = f.read(sink.block_frames, dtype="float32", always_2d=True)
             if not len(block):
                 break
             decoded += len(block)
@@ -227,7 +260,7 @@ def _decode_with_ffmpeg(path: Path, container: str, limits: AudioLimits, notes: 
     exe = shutil.which("ffmpeg")
     if exe is None:
         raise UnsupportedFormatError(f"decoding {container} audio needs ffmpeg, which is not installed on the worker")
-    samples, returncode, log = _run_ffmpeg(_ffmpeg_command(exe, path), container, limits)
+    samples, returncode, log = _run_ffmpeg(_ffmpeg_command(exe, path, container), container, limits)
     problems = _ffmpeg_problems(log, path)
     if returncode != 0 and (samples is None or samples.size == 0):
         if any("matches no streams" in p for p in problems):
@@ -239,11 +272,17 @@ def _decode_with_ffmpeg(path: Path, container: str, limits: AudioLimits, notes: 
     return np.zeros(0, dtype=np.float32) if samples is None else samples
 
 
-def _ffmpeg_command(exe: str, path: Path) -> list[str]:
+def _ffmpeg_command(exe: str, path: Path, container: str) -> list[str]:
+    # Only the sniffed container's demuxer, only local files (the input is a file we wrote): ffmpeg must never
+    # probe the bytes itself, or a playlist behind an ID3 tag makes it open whatever files or URLs it names.
+    demuxer = FFMPEG_DEMUXERS.get(container)
+    if demuxer is None:
+        raise UnsupportedFormatError(f"{container} audio is not supported")
     # Native rate and channels out as float WAV on a pipe: downmix and resampling happen here, like libsndfile input.
     return [
-        exe, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+warning", "-threads", "1",
-        "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1",
+        exe, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+info", "-threads", "1",
+        "-protocol_whitelist", "file", "-format_whitelist", demuxer, "-f", demuxer,
+        "-i", f"file:{path}", "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1",
         "-c:a", "pcm_f32le", "-f", "wav", "pipe:1",
     ]  # fmt: skip
 
@@ -263,7 +302,7 @@ def _run_ffmpeg(cmd: list[str], container: str, limits: AudioLimits) -> tuple[np
         timer.start()
         try:
             assert proc.stdout is not None
-            samples = _read_wav_stream(proc.stdout, limits)
+            samples = _read_wav_stream(proc.stdout, limits, lambda: _declared_duration_s(stderr.fileno()))
         finally:
             timer.cancel()
             if proc.poll() is None:
@@ -286,11 +325,28 @@ _FFMPEG_BENIGN = (
 )
 
 
+_DURATION_RE = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+
+
+def _declared_duration_s(stderr_fd: int) -> float | None:
+    """The input's duration from ffmpeg's log, when the container states it (not estimated from a bitrate).
+
+    ffmpeg logs the input before it writes the WAV header to the pipe, so once the header is read the line is
+    in the log. ``pread`` leaves the file offset ffmpeg shares with us alone.
+    """
+    log = os.pread(stderr_fd, _FFMPEG_LOG_TAIL_BYTES, 0).decode("utf-8", "replace")
+    match = _DURATION_RE.search(log)
+    if match is None or "Estimating duration" in log:  # an MP3 without a length header: a guess
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
 def _ffmpeg_problems(stderr: str, path: Path) -> list[str]:
     problems = []
     for line in stderr.replace(str(path), "input").splitlines():
         line = line.strip()
-        if not line or any(b in line for b in _FFMPEG_BENIGN):
+        if not line or any(b in line for b in _FFMPEG_BENIGN) or re.search(r"\[(info|verbose|debug)\]", line):
             continue
         # "[mp3 @ 0x55...] [warning] text" -> "mp3: text"
         line = re.sub(r"^\[(\w+) @ 0x[0-9a-f]+\]\s*", r"\1: ", line)
@@ -298,8 +354,13 @@ def _ffmpeg_problems(stderr: str, path: Path) -> list[str]:
     return problems
 
 
-def _read_wav_stream(stream: IO[bytes], limits: AudioLimits) -> np.ndarray | None:
-    """Read ffmpeg's float WAV from a pipe block by block; None when it wrote no header (it failed to open)."""
+def _read_wav_stream(
+    stream: IO[bytes], limits: AudioLimits, declared_duration_s: Callable[[], float | None]
+) -> np.ndarray | None:
+    """Read ffmpeg's float WAV from a pipe block by block; None when it wrote no header (it failed to open).
+
+    Audio whose container states a duration over the limit is refused before any sample is read.
+    """
     riff = stream.read(12)
     if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
         return None
@@ -315,11 +376,12 @@ def _read_wav_stream(stream: IO[bytes], limits: AudioLimits) -> np.ndarray | Non
         if chunk[:4] == b"fmt " and len(payload) >= 8:
             channels = int.from_bytes(payload[2:4], "little")
             rate = int.from_bytes(payload[4:8], "little")
-    if channels <= 0:
-        raise AudioDecodeError("ffmpeg produced audio without channels")
-    sink = MonoSink(rate, limits)
+    sink = MonoSink(rate, channels, limits)
+    declared = declared_duration_s()
+    if declared is not None and declared > limits.max_duration_s:
+        raise too_long_error(limits, declared)
     frame_bytes = 4 * channels
-    block_bytes = frame_bytes * rate * _DECODE_BLOCK_S
+    block_bytes = frame_bytes * sink.block_frames
     while True:
         data = stream.read(block_bytes)
         usable = len(data) - len(data) % frame_bytes

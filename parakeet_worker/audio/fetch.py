@@ -2,9 +2,19 @@
 
 Only http, https and s3 URLs are fetched. For http(s) every address the host resolves to must be public
 (no loopback, private, link-local, shared, reserved, multicast or unspecified address) unless
-``AudioLimits.allow_private_urls`` is set; the connection goes to the address that was checked (no second
-DNS lookup), and every redirect hop is checked again. Environment proxies are not used. Bodies are streamed
-to a temp file with the byte cap enforced while downloading and one deadline for the whole download.
+``AudioLimits.allow_private_urls`` is set. IPv6 addresses that carry an IPv4 address (IPv4-mapped and
+-compatible, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``) are judged by the IPv4 address; Teredo, local-use
+NAT64 and everything outside global unicast ``2000::/3`` are refused. The connection goes to an address that
+was checked (no second DNS lookup, so a name cannot rebind between check and connect), and every redirect hop
+is checked again. Environment proxies are not used.
+
+Bodies are streamed to a temp file with the byte cap enforced while downloading. One deadline covers the whole
+download: name resolution, connecting, TLS, the response headers, every redirect and the body; a watchdog cuts
+the connection at the deadline however slowly the server dribbles bytes. A body shorter than its
+``Content-Length`` (or a chunked body cut off) is refused, never passed on as if whole.
+
+URLs in errors and logs are redacted (:func:`redact_url`): no user info, query or fragment, which is where
+pre-signed URLs and tokens carry their secrets.
 ``s3://bucket/key`` uses boto3 with :class:`~parakeet_worker.config.S3Credentials` (read from the environment by
 :meth:`~parakeet_worker.config.S3Credentials.from_env`); the S3 endpoint is operator configuration and is not
 address-checked.
@@ -19,7 +29,9 @@ import os
 import socket
 import ssl
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,6 +47,9 @@ MAX_REDIRECTS = 5
 _DOWNLOAD_CHUNK_BYTES = 1 << 16
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "parakeet-worker-audio/1"
+# getaddrinfo has no timeout of its own: it runs here so the download deadline covers it (a resolver past the
+# deadline finishes on its own in the background; its result is dropped).
+_RESOLVER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="audio-dns")
 
 
 def fetch_url(
@@ -48,7 +63,7 @@ def fetch_url(
 
     The file is removed again if the download fails. The caller owns (and removes) a returned file.
     """
-    parts = urlsplit(url.strip())
+    parts = _split(url.strip())
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https", "s3"):
         raise UrlNotAllowedError(f"URL scheme {scheme or '(none)'!r} is not allowed; use http, https or s3")
@@ -65,21 +80,72 @@ def fetch_url(
     return Path(name)
 
 
-def _redact(url: str) -> str:
-    """The URL without query, fragment or user info (pre-signed URLs carry secrets in the query)."""
-    p = urlsplit(url)
-    host = p.hostname or ""
+def redact_url(url: str) -> str:
+    """The URL for errors and logs: scheme, host, port and path only. User info (``user:password@``), the query
+    (pre-signed signatures, tokens) and the fragment are dropped; never raises, even on a malformed URL."""
+    try:
+        p = urlsplit(url.strip())
+        host = p.hostname or ""
+        port = f":{p.port}" if p.port else ""
+    except ValueError:
+        return "(a malformed URL)"
     if ":" in host:
         host = f"[{host}]"
-    port = f":{p.port}" if p.port else ""
     return f"{p.scheme}://{host}{port}{p.path}"
 
 
+
+def _split(url: str) -> SplitResult:
+    """``urlsplit`` with the port parsed; a malformed URL is an :class:`InputError` saying what is wrong."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (parsing the port is what raises)
+    except ValueError as exc:
+        # The exception's text may quote parts of the URL: say what is wrong in our own words.
+        text = str(exc)
+        if "IPv6" in text or "IPv4" in text:
+            reason = "the host in brackets is not a valid IPv6 address (e.g. http://[2001:db8::1]/audio.wav)"
+        elif "Port" in text:
+            reason = "the port is not a number from 0 to 65535"
+        else:
+            reason = "it cannot be parsed"
+        raise InputError(f"the audio URL is malformed: {reason}") from None
+    return parts
+
+
 # --- The address check ---------------------------------------------------------------------------------------------
-def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+_TEREDO = ipaddress.ip_network("2001::/32")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the IPv4 address is the last 32 bits
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local use: maps to whatever the operator chose
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765 SIIT
+
+
+def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``ip`` is a public unicast address; an IPv6 address carrying an IPv4 one is judged by that one."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip.is_global and not ip.is_multicast
+    embedded = _embedded_ipv4(ip)
+    if embedded is not None:
+        return is_public_address(embedded)
+    if ip in _TEREDO or ip in _NAT64_LOCAL:
+        return False  # the IPv4 address behind them cannot be judged from here: refuse on doubt
+    # Python's is_global misses some of these (3.11 counts fec0::/10 and ::/8 as global): only 2000::/3 is
+    # global unicast, and inside it is_global removes documentation, ORCHID and the other special ranges.
+    return ip in _GLOBAL_UNICAST and ip.is_global and not ip.is_multicast
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches: mapped, compatible, translated, NAT64 or 6to4; else None."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    low = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in _NAT64 or ip in _IPV4_TRANSLATED or ip in _IPV4_COMPATIBLE:
+        return low  # ::/96 includes :: and ::1, whose "IPv4" (0.0.0.0, 0.0.0.1) is refused as well
+    return None
 
 
 @dataclass(frozen=True)
@@ -93,31 +159,32 @@ class _Target:
     addresses: tuple[str, ...]
 
 
-def _check_url(url: str, limits: AudioLimits) -> _Target:
-    """Validate scheme and resolve the host; refuse non-public addresses unless allowed."""
-    try:
-        parts: SplitResult = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise InputError(f"the audio URL is malformed: {exc}") from exc
+def _check_url(url: str, limits: AudioLimits, deadline: float) -> _Target:
+    """Validate scheme and resolve the host (within the deadline); refuse non-public addresses unless allowed."""
+    parts = _split(url)
+    port = parts.port
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise UrlNotAllowedError(f"URL scheme {scheme or '(none)'!r} is not allowed; use http or https")
     host = parts.hostname
     if not host:
-        raise InputError(f"the audio URL has no host: {_redact(url)}")
+        raise InputError(f"the audio URL has no host: {redact_url(url)}")
     port = port or (443 if scheme == "https" else 80)
+    future = _RESOLVER.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = future.result(timeout=_remaining(deadline))
     except (socket.gaierror, UnicodeError) as exc:
-        raise DownloadError(f"could not resolve the host {host!r} of {_redact(url)}: {exc}") from exc
+        raise DownloadError(f"could not resolve the host {host!r} of {redact_url(url)}: {exc}") from exc
     addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
     if not limits.allow_private_urls:
         for address in addresses:
-            if not _is_public(ipaddress.ip_address(address.split("%")[0])):
+            ip = ipaddress.ip_address(address.split("%")[0])
+            if not is_public_address(ip):
+                embedded = _embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+                via = f" (an IPv6 form of {embedded})" if embedded is not None else ""
                 raise UrlNotAllowedError(
-                    f"refusing to fetch {_redact(url)}: {host!r} resolves to {address}, which is not a public "
-                    "address (loopback, private, link-local or reserved); set allow_private_urls to allow it"
+                    f"refusing to fetch {redact_url(url)}: {host!r} resolves to {address}{via}, which is not a "
+                    "public address (loopback, private, link-local or reserved); set allow_private_urls to allow it"
                 )
     if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in url):
         raise InputError("the audio URL contains spaces or control characters; percent-encode them (%20)")
@@ -135,8 +202,8 @@ def _remaining(deadline: float) -> float:
     return left
 
 
-def _connect(target: _Target, deadline: float, limits: AudioLimits) -> tuple[http.client.HTTPConnection, socket.socket]:
-    """Open a connection to one of the checked addresses (never a fresh DNS lookup)."""
+def _connect_socket(target: _Target, deadline: float, limits: AudioLimits) -> socket.socket:
+    """Open a TCP connection to one of the checked addresses (never a fresh DNS lookup)."""
     last: OSError | None = None
     for address in target.addresses:
         timeout = min(limits.connect_timeout_s, _remaining(deadline))
@@ -147,19 +214,7 @@ def _connect(target: _Target, deadline: float, limits: AudioLimits) -> tuple[htt
             last = exc
     else:
         raise last or OSError("no address to connect to")
-    conn: http.client.HTTPConnection
-    if target.scheme == "https":
-        context = _tls_context()
-        try:
-            sock = context.wrap_socket(sock, server_hostname=target.host)
-        except BaseException:
-            sock.close()
-            raise
-        conn = http.client.HTTPSConnection(target.host, target.port, context=context)
-    else:
-        conn = http.client.HTTPConnection(target.host, target.port)
-    conn.sock = sock
-    return conn, sock
+    return sock
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -179,23 +234,91 @@ def _download_http(url: str, out: BinaryIO, limits: AudioLimits) -> None:
             if redirect is None:
                 return
             url = redirect
-        raise DownloadError(f"download stopped after {MAX_REDIRECTS} redirects, last to {_redact(url)}")
+        raise DownloadError(f"download stopped after {MAX_REDIRECTS} redirects, last to {redact_url(url)}")
     except TimeoutError as exc:
         raise DownloadError(
-            f"download of {_redact(url)} timed out after {limits.download_timeout_s:g} s (download_timeout_s)"
+            f"download of {redact_url(url)} timed out after {limits.download_timeout_s:g} s (download_timeout_s)"
         ) from exc
     except ssl.SSLError as exc:
-        raise DownloadError(f"TLS error while downloading {_redact(url)}: {exc}") from exc
-    except http.client.InvalidURL as exc:
-        raise InputError(f"the audio URL is malformed: {exc}") from exc
+        raise DownloadError(f"TLS error while downloading {redact_url(url)}: {exc}") from exc
+    except http.client.InvalidURL:
+        raise InputError("the audio URL is malformed: http.client refused it") from None  # its text quotes the URL
     except (OSError, http.client.HTTPException) as exc:
-        raise DownloadError(f"download of {_redact(url)} failed: {exc!r}") from exc
+        raise DownloadError(f"download of {redact_url(url)} failed: {exc!r}") from exc
+
+
+class _Watchdog:
+    """Shuts the connection down at the deadline, wherever the request is (TLS handshake, headers, body).
+
+    Socket timeouts bound each read, not the request: a server sending a byte a second never trips them. It holds
+    the descriptor, not a socket object, because the TLS wrapper takes the descriptor over mid-request; the
+    descriptor is only touched under the lock, before ``disarm`` (which runs before the socket is closed, so a
+    reused descriptor number is never shut down).
+    """
+
+    def __init__(self, fd: int, seconds: float) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self.fired = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._fd < 0:
+                return
+            self.fired = True
+            sock = socket.socket(fileno=self._fd)
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+            except OSError:
+                pass
+            finally:
+                sock.detach()  # the descriptor stays the request's to close
+
+    def disarm(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._fd = -1
 
 
 def _get_once(url: str, out: BinaryIO, deadline: float, limits: AudioLimits) -> str | None:
     """One checked GET: the URL a redirect points to, or None once the body is in ``out``."""
-    target = _check_url(url, limits)
-    conn, sock = _connect(target, deadline, limits)
+    target = _check_url(url, limits, deadline)
+    raw = _connect_socket(target, deadline, limits)
+    try:
+        watchdog = _Watchdog(raw.fileno(), _remaining(deadline))
+    except BaseException:
+        raw.close()
+        raise
+    try:
+        redirect = _exchange(url, target, raw, out, deadline, limits)
+        if watchdog.fired:  # the cut can look like a body that ended normally
+            raise TimeoutError
+        return redirect
+    except (OSError, http.client.HTTPException, DownloadError) as exc:
+        if watchdog.fired:
+            raise TimeoutError from exc
+        raise
+    finally:
+        watchdog.disarm()
+        raw.close()  # a no-op once TLS took the descriptor over (the TLS socket is closed in _exchange)
+
+
+def _exchange(
+    url: str, target: _Target, raw: socket.socket, out: BinaryIO, deadline: float, limits: AudioLimits
+) -> str | None:
+    """TLS (for https), the request, the response headers and the body, on a connected socket."""
+    sock = raw
+    conn: http.client.HTTPConnection
+    if target.scheme == "https":
+        context = _tls_context()
+        sock = context.wrap_socket(raw, server_hostname=target.host)
+        conn = http.client.HTTPSConnection(target.host, target.port, context=context)
+    else:
+        conn = http.client.HTTPConnection(target.host, target.port)
+    conn.sock = sock
     try:
         sock.settimeout(_remaining(deadline))
         conn.request(
@@ -206,14 +329,14 @@ def _get_once(url: str, out: BinaryIO, deadline: float, limits: AudioLimits) -> 
         resp = conn.getresponse()
         location = resp.getheader("Location")
         if resp.status in _REDIRECT_STATUSES and location:
-            logger.debug("%s redirects (HTTP %d)", _redact(url), resp.status)
+            logger.debug("%s redirects (HTTP %d)", redact_url(url), resp.status)
             return urljoin(url, location)
         if not 200 <= resp.status < 300:
             raise DownloadError(
-                f"download failed with HTTP {resp.status} ({resp.reason}) from {_redact(url)}",
+                f"download failed with HTTP {resp.status} ({resp.reason}) from {redact_url(url)}",
                 status=resp.status,
             )
-        _copy_body(resp, sock, out, deadline, limits, _redact(url))
+        _copy_body(resp, sock, out, deadline, limits, redact_url(url))
         return None
     finally:
         conn.close()
@@ -236,18 +359,29 @@ def _copy_body(
     total = 0
     while True:
         sock.settimeout(_remaining(deadline))
-        chunk = resp.read1(_DOWNLOAD_CHUNK_BYTES)
+        try:
+            chunk = resp.read1(_DOWNLOAD_CHUNK_BYTES)
+        except http.client.IncompleteRead as exc:
+            raise DownloadError(
+                f"the download of {label} was cut short: the connection closed inside a chunk after {total} "
+                "bytes (the file is truncated); retry, or check the server"
+            ) from exc
         if not chunk:
-            return
+            break
         total += len(chunk)
         if total > limits.max_bytes:
             raise AudioTooLargeError(f"the audio at {label} is over the {limits.max_bytes} byte limit (max_bytes)")
         out.write(chunk)
+    if length.isdigit() and total < int(length):
+        raise DownloadError(
+            f"the download of {label} was cut short: {total} of the {int(length)} bytes its Content-Length "
+            "declares arrived before the connection closed (the file is truncated); retry, or check the server"
+        )
 
 
 # --- S3 ----------------------------------------------------------------------------------------------------------
 def _download_s3(parts: SplitResult, out: BinaryIO, limits: AudioLimits, creds: S3Credentials | None) -> None:
-    bucket, key = parts.netloc, parts.path.lstrip("/")
+    bucket, key = parts.netloc.rpartition("@")[2], parts.path.lstrip("/")  # never echo user info
     if not bucket or not key:
         raise InputError("an S3 URL must look like s3://bucket/key")
     label = f"s3://{bucket}/{key}"

@@ -14,6 +14,19 @@ DEFAULT_DOWNLOAD_TIMEOUT_S = 60.0
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_DECODE_TIMEOUT_S = 600.0
 
+MIN_SAMPLE_RATE_HZ = 1000
+"""Lowest sample rate accepted from a header or a raw-PCM hint: below it a tiny file declares hours of audio."""
+MAX_SAMPLE_RATE_HZ = 384_000
+"""Highest sample rate accepted (the fastest common converters); above it a header is corrupt or hostile."""
+MAX_CHANNELS = 64
+"""Most channels accepted (mic arrays, 22.2 and higher-order ambisonics fit); more is a corrupt or hostile header."""
+MAX_ABS_SAMPLE = 1e6
+"""Largest float sample magnitude accepted: far beyond full scale (1.0), and still far from overflowing the
+model's power spectrum in float32; larger values are corruption, not audio."""
+NORMALISE_ABOVE_PEAK = 2.0
+"""Float audio peaking above this (+6 dBFS, well past codec overshoot) is scaled to peak 1.0: such files are
+float samples stored at integer scale (±32768), and the rest of the worker expects full scale to be 1.0."""
+
 
 @dataclass(frozen=True)
 class AudioLimits:
@@ -55,9 +68,11 @@ class DecodedAudio:
         return len(self.samples) / self.sample_rate
 
 
-def too_long_error(limits: AudioLimits) -> AudioTooLongError:
-    """The error for audio past ``limits.max_duration_s``, raised wherever the decoded length first passes it."""
+def too_long_error(limits: AudioLimits, declared_s: float | None = None) -> AudioTooLongError:
+    """The error for audio past ``limits.max_duration_s``: raised where the decoded length first passes it, or
+    before decoding when an exact header (``declared_s``) already says so."""
+    declared = f" (its header declares {declared_s:.0f} s)" if declared_s is not None else ""
     return AudioTooLongError(
-        f"the audio is longer than the {limits.max_duration_s:g} s limit (max_duration_s); "
+        f"the audio is longer than the {limits.max_duration_s:g} s limit (max_duration_s){declared}; "
         "split it or raise the limit"
     )
