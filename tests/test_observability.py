@@ -287,3 +287,102 @@ def test_report_command_prints_text_and_json(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "parakeet_worker.observability", "report", str(tmp_path / "none.jsonl")],
                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no metrics file" in missing.stderr
+
+
+# ---------------------------------------------------------------------------------------------------- redaction
+
+TOKEN = "tok_Zx81-secretSessionToken"
+TRANSCRIPT = "the quick brown fox"
+
+
+def test_redactor_masks_tokens_credentials_signatures_and_transcripts() -> None:
+    from parakeet_worker.observability import Redactor
+
+    redactor = Redactor(secrets=["S3SECRETvalue/abc+123"])
+    lines = {
+        f"Progress Update: {{'status': 'ready', 'ws_url': 'ws://1.2.3.4:8765/?token={TOKEN}', 'token': '{TOKEN}'}}":
+            (TOKEN,),
+        f'{{"ws_url": "ws://h:1/?a=1&token={TOKEN}", "token": "{TOKEN}"}}': (TOKEN,),
+        f"Handler output: {{'text': '{TRANSCRIPT}', 'segments': [{{'id': 0, 'text': \"fox's den\"}}], "
+        f"'timestamps': {{'word': [{{'word': 'quick'}}], 'char': [{{'char': 'q'}}]}}, 'srt': '1\\n{TRANSCRIPT}'}}":
+            (TRANSCRIPT, "fox's den", "'quick'", "'q'"),
+        f"summary {{'reason': 'stop', 'final_text': '{TRANSCRIPT}', 'accumulated_text': '{TRANSCRIPT}'}}": (TRANSCRIPT,),
+        "fetch http://alice:hunter2-Pass@files.test/a.wav failed": ("alice", "hunter2-Pass"),
+        "https://b.s3.amazonaws.com/k.wav?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F2024"
+        "&X-Amz-Signature=0123456789abcdef": ("AKIAIOSFODNN7EXAMPLE", "0123456789abcdef"),
+        "headers {'Authorization': 'AWS4-HMAC-SHA256 Credential=x/y, Signature=feedbeef99'}": ("feedbeef99",),
+        "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig": ("eyJhbGciOiJIUzI1NiJ9",),
+        "token=abc123def password: pw-12345 S3SECRETvalue/abc+123": ("abc123def", "pw-12345", "S3SECRETvalue"),
+        f'error "{{\\"text\\": \\"{TRANSCRIPT}\\", \\"token\\": \\"{TOKEN}\\"}}"': (TRANSCRIPT, TOKEN),
+    }
+    for line, secrets in lines.items():
+        masked = redactor.redact(line)
+        assert "<redacted>" in masked, line
+        for secret in secrets:
+            assert secret not in masked, (secret, masked)
+    harmless = "job j-1 refused: 'output_format' must be one of json, text; OMP_WAIT_POLICY=PASSIVE; no token given"
+    assert redactor.redact(harmless) == harmless  # ordinary words, keys and values stay readable
+    keeping = Redactor(keep_transcripts=True)
+    kept = keeping.redact(f"{{'text': '{TRANSCRIPT}', 'ws_url': 'ws://h/?token={TOKEN}'}}")
+    assert TRANSCRIPT in kept and TOKEN not in kept  # the debug setting lets transcripts in, never secrets
+
+
+def test_every_record_is_masked_before_it_is_written() -> None:
+    stream = io.StringIO()
+    setup_logging(json_lines=True, stream=stream, environ={"S3_SECRET_KEY": "wJalrXUtnFEMI/K7MDENG", "HOME": "/root"},
+                  log_transcripts=False)
+    log = logging.getLogger("anything")
+    log.info("ready %s", {"ws_url": f"ws://h:1/?token={TOKEN}", "token": TOKEN})  # in the arguments
+    log.warning("result", extra={"detail": f"{{'text': '{TRANSCRIPT}'}}"})  # in an extra
+    try:
+        raise ValueError("could not fetch http://bob:pa55word@h/x.wav with key wJalrXUtnFEMI/K7MDENG")
+    except ValueError:
+        log.exception("bug")  # in the traceback
+    log.info("bad %d format", "not a number")  # arguments that do not fit: logged, masked, never raised
+    written = stream.getvalue()
+    for secret in (TOKEN, TRANSCRIPT, "pa55word", "wJalrXUtnFEMI/K7MDENG"):
+        assert secret not in written, secret
+    records = [json.loads(line) for line in _lines(stream)]
+    assert len(records) == 4 and "<redacted>" in records[2]["exc"] and "ValueError" in records[2]["exc"]
+
+    text_stream = io.StringIO()
+    setup_logging(json_lines=False, stream=text_stream, environ={}, log_transcripts=True)
+    log.info("final %s", {"text": TRANSCRIPT, "token": TOKEN})
+    assert TRANSCRIPT in text_stream.getvalue() and TOKEN not in text_stream.getvalue()
+    setup_logging(json_lines=False, stream=io.StringIO(), environ={"PARAKEET_LOG_TRANSCRIPTS": "1"})
+    from parakeet_worker.observability.logs import _redactor
+
+    assert _redactor.keep_transcripts  # the setting, read from the environment when not passed
+    setup_logging(json_lines=False, stream=io.StringIO(), environ={"PARAKEET_LOG_TRANSCRIPTS": "maybe"})
+    assert not _redactor.keep_transcripts  # an invalid value keeps them out (Settings.from_env reports it)
+
+
+_SDK_SCRIPT = """
+import runpod
+from runpod.serverless.modules.rp_logger import RunPodLogger
+from parakeet_worker.observability import setup_logging
+setup_logging(json_lines=False)
+log = RunPodLogger()
+log.debug("Sending Progress Update: {'ws_url': 'ws://h:1/?token=%(token)s', 'token': '%(token)s'}", "job-9")
+log.info("Handler output: {'text': '%(text)s'}", "job-9")
+log.error("Captured Handler Exception", "job-9")
+"""
+
+
+@pytest.mark.parametrize("sdk_level", [None, "DEBUG"])
+def test_the_runpod_sdks_own_lines_are_quiet_routed_and_masked(sdk_level: str | None) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "PARAKEET_"))}
+    if sdk_level:
+        env["RUNPOD_LOG_LEVEL"] = sdk_level  # the operator asked for the SDK's debug lines: masked all the same
+    script = _SDK_SCRIPT % {"token": TOKEN, "text": TRANSCRIPT}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    output = done.stdout + done.stderr
+    assert TOKEN not in output and TRANSCRIPT not in output, output
+    assert "INFO runpod.sdk: Handler output: {'text': '<redacted>'} [job=job-9]" in done.stderr
+    assert "ERROR runpod.sdk: Captured Handler Exception [job=job-9]" in done.stderr
+    assert ("Sending Progress Update" in done.stderr) is (sdk_level == "DEBUG")  # INFO unless asked
+    assert not done.stdout.strip()  # nothing printed past the log handler

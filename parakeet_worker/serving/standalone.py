@@ -1,6 +1,10 @@
 """The WebSocket server without RunPod: ``python websocket_handler.py --port 8765 --token secret``.
 
-No ``--token``: one is generated and logged. Clients connect to ``ws://HOST:PORT/?token=...``.
+Clients connect to ``ws://HOST:PORT/?token=...``. The token never reaches the log (stderr): with ``--token`` the
+operator knows it already and the log says ``token=<redacted>``; without, one is generated and its URL written
+once to stdout, the command's output, where a script can read it (``url=$(... | head -n1)``) and a log shipper
+collecting stderr does not. Stdout rather than a redacted log line alone, because a generated token nobody can read
+would make the server unusable.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ import asyncio
 import logging
 import secrets
 import signal
+import sys
 from dataclasses import replace
 
 from parakeet_worker.config import Settings
 from parakeet_worker.engine import ParakeetEngine
-from parakeet_worker.observability import setup_logging
+from parakeet_worker.observability import add_log_secret, setup_logging
 from parakeet_worker.serving.options import worker_options
 from parakeet_worker.serving.ws_server import StreamServer, public_address
 
@@ -29,9 +34,16 @@ async def _serve_standalone(args: argparse.Namespace) -> None:
     server = StreamServer(engine, settings, options.server)
     await server.start()
     token = args.token or secrets.token_urlsafe(18)
+    add_log_secret(token)  # whatever logs it later (a library's debug line, a traceback): masked
     server.grant(None, token=token, multi_use=True)
     host, port, _ = public_address(settings, server.port)
-    logger.info("ready: ws://%s:%d/?token=%s", host, port, token)
+    url = f"ws://{host}:{port}/?token={token}"
+    if args.token:
+        logger.info("ready: %s (the token given with --token)", url)  # masked by the log's redaction
+    else:
+        sys.stdout.write(url + "\n")  # the command's output, not a log line: the one place the token appears
+        sys.stdout.flush()
+        logger.info("ready: %s (a generated token: the full URL is on stdout; pass --token to choose one)", url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
