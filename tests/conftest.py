@@ -32,7 +32,10 @@ _MODULE_FIXTURE_MARKS: dict[tuple[str, str], tuple[str, ...]] = {
 # Whole modules, and single tests that open a socket without a fixture.
 _MODULE_MARKS: dict[str, tuple[str, ...]] = {
     "test_websocket": ("socket",),
+    "test_websocket_ends": ("socket", "model"),
     "test_worker_websocket": ("socket", "worker", "model"),
+    "test_log_secrets": ("socket", "worker", "model"),  # the real worker and the standalone server, their output
+    "test_soak": ("socket", "worker", "model"),  # a minute of mixed hostile load on the real worker
 }
 _TEST_MARKS: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_audio_utils", "test_https_certificate_is_verified"): ("socket",),

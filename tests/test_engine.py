@@ -180,3 +180,26 @@ def test_ten_minute_file_in_each_long_audio_mode(engine, ten_minutes, wer_of, mo
         assert result.chunking is not None and result.chunking.windows >= 30
         assert progress[-1] == {"stage": "transcribing", "chunks_done": result.chunking.windows,
                                 "chunks_total": result.chunking.windows}
+
+
+def test_blocked_full_attention_equals_nemos_one_matmul(loaded_test_model) -> None:
+    """Long inputs' full attention runs in query blocks (so a pass can be interrupted between them): the same
+    output as NeMo's attention, padded rows included."""
+    import torch
+
+    from parakeet_worker.model.blocked_attention import blocked_attention
+
+    encoder = loaded_test_model.model.encoder
+    attn = encoder.layers[0].self_attn
+    frames = 700
+    x = torch.randn(2, frames, encoder.d_model, generator=torch.Generator().manual_seed(0))
+    encoder.update_max_seq_length(frames, x.device)
+    _, pos = encoder.pos_enc(x)
+    mask = torch.zeros(2, frames, frames, dtype=torch.bool)
+    mask[1, :, 600:] = True
+    mask[1, 600:, :] = True
+    for m in (mask, None):
+        with torch.no_grad():
+            nemo = type(attn).forward(attn, x, x, x, m, pos)
+            blocked = blocked_attention(attn, x, x, x, m, pos, block=128)
+        assert torch.allclose(nemo, blocked, atol=1e-5), (nemo - blocked).abs().max()

@@ -362,3 +362,78 @@ def test_another_streams_early_pass_in_progress_does_not_hold_up_a_final(engine,
         assert finals["a"][1].result.committed_text == expected, "not the same final as with the early pass"
     finally:
         manager.close_all()
+
+
+# --- a long batch forward is sliced: streams are served between slices (issue 14, item 2) -------------------------
+@pytest.fixture(scope="module")
+def ten_minutes(heldout_clips) -> np.ndarray:
+    from testmodel.heldout import build_long_audio
+
+    return build_long_audio(heldout_clips, minutes=10.0).audio
+
+
+@pytest.mark.parametrize("attention", ["auto", "local"])
+def test_a_ten_minute_batch_forward_does_not_freeze_a_live_stream(engine, heldout_clips, ten_minutes, attention,
+                                                                  record_property) -> None:
+    """A 10-minute file (default options: one full-attention forward; or local attention) is one forward the
+    stream would wait for end to end; sliced, the stream's partials and its final come while the file is still
+    being transcribed, and the final is the one the stream gives alone."""
+    clip = heldout_clips[2].audio
+    events, put = collect()
+    handle = engine.open_stream(put, NO_VAD)
+    future = engine.submit(ten_minutes, TranscribeOptions(attention=attention))
+    time.sleep(0.5)  # the forward is under way
+    for i in range(0, len(clip), 1600):  # audio in real time, as a client sends it, while the forward runs
+        handle.push(clip[i : i + 1600])
+        time.sleep(0.1)
+    asked = time.monotonic()
+    handle.stop()
+    seen = until(events, "closed", timeout=120)
+    waited = time.monotonic() - asked
+    batch_running = not future.done()
+    result = future.result(timeout=600)
+    finals = [e for e in seen if e.kind == "final"]
+    assert batch_running, f"the stream's final waited for the whole 10-minute forward ({waited:.1f} s)"
+    assert waited < 5.0, f"stop took {waited:.1f} s while a batch forward ran"
+    assert [e.kind for e in seen].count("partial") >= 3, "the stream was not stepped while the forward ran"
+    record_property("stop_seconds", round(waited, 3))
+    assert len(finals) == 1 and finals[0].result.committed_text == streamed_alone(engine, clip)
+    expected_attention = "local[256,256]" if attention == "local" else "full"
+    assert result.attention == expected_attention and result.duration_s >= 600 and result.text
+
+
+def test_a_sliced_batch_gives_the_same_text_as_an_uninterrupted_one(engine, heldout_clips) -> None:
+    """Slices change when the batch runs, not what it computes: a local-attention pass suspended many times (a
+    stream stepping in full attention between its slices) equals the same pass run alone."""
+    audio = np.concatenate([c.audio for c in heldout_clips[:8]])
+    alone = engine.submit(audio, TranscribeOptions(attention="local", timestamps=True)).result(timeout=300)
+    events, put = collect()
+    handle = engine.open_stream(put, NO_VAD)
+    future = engine.submit(audio, TranscribeOptions(attention="local", timestamps=True))
+    stream_audio = heldout_clips[9].audio
+    for i in range(0, len(stream_audio), 800):
+        handle.push(stream_audio[i : i + 800])
+        if i % 8000 == 0:
+            handle.finalize()
+        time.sleep(0.005)
+    handle.stop()
+    until(events, "closed", timeout=120)
+    interleaved = future.result(timeout=300)
+    assert interleaved.text == alone.text and interleaved.words == alone.words
+
+
+def test_engine_close_fails_unfinished_batch_work_after_its_grace_period(loaded_test_model, ten_minutes) -> None:
+    """close(grace_s) is bounded: a forward still running when the grace period ends is stopped at its next
+    checkpoint and its caller gets ``engine_closed``; nothing hangs."""
+    eng = ParakeetEngine(loaded_test_model, EngineOptions(full_attention_max_s=900))
+    future = eng.submit(ten_minutes, TranscribeOptions(attention="local"))
+    time.sleep(0.5)
+    queued = eng.submit(ten_minutes[: 16000 * 5], TranscribeOptions())  # behind the running forward
+    started = time.monotonic()
+    eng.close(grace_s=1.0)
+    assert time.monotonic() - started < 10.0
+    with pytest.raises(EngineClosedError, match="grace period"):
+        future.result(timeout=10)
+    with pytest.raises(EngineClosedError):
+        queued.result(timeout=10)
+

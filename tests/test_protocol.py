@@ -92,7 +92,8 @@ SAMPLES: dict[str, proto.ServerMessage] = {
     "transcription": replace(PARTIAL, text="hello world", is_final=True, accumulated_text="hello world",
                              draft_text="", final_reason="finalize", final_source="offline", words=WORDS, seq=5),
     "error": proto.Error(code="bad_audio", message="odd", seq=6),
-    "stopped": proto.Stopped(reason="stop", final_text="hello world", audio_seconds=1.5, utterances=1, seq=7),
+    "stopped": proto.Stopped(reason="stop", final_text="hello world", audio_seconds=1.5, utterances=1,
+                             error_code="final_unavailable", seq=7),
     "pong": proto.Pong(server_time=1.5e9, echo={"id": 7, "timestamp": None}, seq=8),
     "info": proto.Info(engine={"model": "m", "device": "cpu", "languages": ["en"]}, active_sessions=2, seq=9),
 }
@@ -201,7 +202,10 @@ def wire(obj: dict[str, Any]) -> Any:
     return json.loads(json.dumps(obj))
 
 
-@pytest.mark.parametrize("message", [*SAMPLES.values(), PARTIAL], ids=[*SAMPLES, "partial"])
+CLEAN_STOP = proto.Stopped(reason="stop", final_text="hello world", audio_seconds=1.5, utterances=1, seq=7)
+
+
+@pytest.mark.parametrize("message", [*SAMPLES.values(), PARTIAL, CLEAN_STOP], ids=[*SAMPLES, "partial", "clean-stop"])
 def test_server_messages_round_trip(message: proto.ServerMessage) -> None:
     assert proto.parse_server(wire(message.to_json())) == message
 
@@ -304,3 +308,23 @@ def test_the_protocol_and_the_client_stay_torch_free() -> None:
     client = subprocess.run([sys.executable, "-X", "importtime", "client.py", "--help"], cwd=REPO,
                             capture_output=True, text=True, check=True)
     assert "torch" not in client.stderr and "nemo" not in client.stderr
+
+
+def test_a_clean_stopped_carries_no_error_code_and_a_lossy_one_says_what_was_lost() -> None:
+    assert "error_code" not in CLEAN_STOP.to_json()
+    assert SAMPLES["stopped"].to_json()["error_code"] == proto.ErrorCode.FINAL_UNAVAILABLE
+    assert proto.ErrorCode.FINAL_UNAVAILABLE in section("Server → client")
+
+
+def test_the_session_limits_are_the_documented_ones() -> None:
+    from parakeet_worker.serving.ws_grants import ServerLimits
+    from parakeet_worker.streaming.handle import MAX_QUEUED_FINALIZE
+
+    codes = {row[0]: row[1] for row in CODE_TABLE[1:]}
+    limited = codes["`rate_limited`"]
+    assert f"{proto.MAX_CONTROL_RATE_PER_S:.0f} control" in limited and f"burst {proto.MAX_CONTROL_BURST}" in limited
+    assert f"while {MAX_QUEUED_FINALIZE} are still waiting" in limited
+    limits = ServerLimits()
+    handshake = re.search(r"refused\s+(\d+) times within (\d+) s", DOC)
+    assert handshake and (int(handshake.group(1)), float(handshake.group(2))) == (limits.max_refusals,
+                                                                                  limits.refusal_window_s)

@@ -5,8 +5,17 @@ it, stop, idle timeout, cancel and bad input."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +23,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from parakeet_client import pcm16
+from testmodel.heldout import MODEL_PATH
 from tests.runpod_platform import FakeRunpodPlatform, JobState, WorkerProcess, started_worker
 from tests.test_worker import JOB_TIMEOUT_S, WORKER_ENV, flac_b64, result
+
+REPO = Path(__file__).resolve().parent.parent
 
 ENV = {**WORKER_ENV, "PARAKEET_WS_HOST": "127.0.0.1", "PARAKEET_WS_PORT": "0"}
 
@@ -119,3 +131,77 @@ def test_bad_websocket_job_input_fails_with_its_reason(worker, job_input, needle
     platform, _ = worker
     res = result(worker, platform.submit(job_input))  # the SDK fails the job: the reason is the job's error
     assert res["output"]["success"] is False and needle in res["error"]
+
+
+# --- SIGTERM drains the standalone server (issue 14, item 4) ---------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the standalone server exited during start-up"
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        time.sleep(0.5)
+    raise AssertionError("the standalone server did not become ready")
+
+
+def test_sigterm_drains_the_standalone_server_while_a_client_streams(heldout_clips, tmp_path) -> None:
+    """``python websocket_handler.py`` and SIGTERM while a client streams: the session is told
+    ``server_shutdown``, gets the final of its utterance in progress, ``stopped``, a 1001 close with the reason,
+    and the process exits on its own, promptly."""
+    port = _free_port()
+    env = {**os.environ, "PARAKEET_MODEL": str(MODEL_PATH), "OMP_WAIT_POLICY": "PASSIVE",
+           "PARAKEET_CPU_THREADS": "2"}
+    log = (tmp_path / "standalone.log").open("w")
+    proc = subprocess.Popen([sys.executable, "websocket_handler.py", "--port", str(port), "--token", "sig"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(port, proc)
+
+        async def session() -> tuple[list[dict], int | None, str | None, float]:
+            async with connect(f"ws://127.0.0.1:{port}/?token=sig") as ws:
+                assert json.loads(await ws.recv())["type"] == "welcome"
+                await ws.send(json.dumps({"action": "start", "sample_rate": 16000, "endpointing": False}))
+                assert json.loads(await ws.recv())["type"] == "started"
+                audio = heldout_clips[1].audio
+
+                async def sending() -> None:
+                    with contextlib.suppress(ConnectionClosed):
+                        for k in range(10_000):
+                            start = (k * 320) % (len(audio) - 320)
+                            await ws.send(pcm16(audio[start : start + 320]))
+                            await asyncio.sleep(0.02)
+
+                sender = asyncio.create_task(sending())
+                await asyncio.sleep(3.0)
+                proc.send_signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                messages = []
+                with contextlib.suppress(ConnectionClosed):
+                    while True:
+                        messages.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
+                sender.cancel()
+                return messages, ws.close_code, ws.close_reason, signalled
+
+        messages, code, reason, signalled = asyncio.run(session())
+        rc = proc.wait(timeout=60)
+        exited_after = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    ends = [(m["type"], m.get("code") or m.get("is_final")) for m in messages
+            if m["type"] != "transcription" or m["is_final"]]
+    assert ends == [("error", "server_shutdown"), ("transcription", True), ("stopped", None)], messages
+    final = next(m for m in messages if m["type"] == "transcription" and m["is_final"])
+    assert final["text"] and messages[-1]["reason"] == "server_shutdown"
+    assert messages[-1]["final_text"] == final["text"]
+    assert code == 1001 and reason == "server_shutdown"
+    assert rc == 0 and exited_after < 30.0, (rc, exited_after, (tmp_path / "standalone.log").read_text()[-2000:])

@@ -5,6 +5,13 @@ them (``transcribe``) — nothing heavy ever runs on an asyncio loop. The worker
 milliseconds, buckets them by length (:mod:`.batching`) and runs each bucket as one batch, and serves live streams
 (:class:`parakeet_worker.streaming.StreamManager`) between groups. Long audio either runs alone with local
 attention or is cut into overlapping windows batched like any other request (:mod:`.long_audio`).
+
+Every batch forward — a group, or a whole file under local attention — runs as the job of an
+:class:`~parakeet_worker.streaming.InterruptibleRunner`: it hands the model back to the worker thread at every
+encoder layer and decoder step once a stream's final is waiting or it has held the model for ``batch_slice_s``
+while streams wait, so live streams are served between slices whatever the file's length or attention mode (the
+job's attention mode is carried across the hand-overs). ``close(grace_s)`` lets queued work finish within the
+grace period and fails what is left with ``engine_closed``.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -55,12 +62,16 @@ from parakeet_worker.model import (
     LoadedModel,
     Recognizer,
     Transcriber,
+    attention_switch,
+    checkpoint_modules,
     load_model,
     local_attention,
     prepare_for_long_audio,
 )
 from parakeet_worker.streaming import (
+    CarriedState,
     EventCallback,
+    InterruptibleRunner,
     StreamGeometry,
     StreamHandle,
     StreamingRecognizer,
@@ -68,20 +79,21 @@ from parakeet_worker.streaming import (
     StreamOptions,
     StreamStats,
 )
-from parakeet_worker.transcript import SAMPLE_RATE_HZ
+from parakeet_worker.transcript import SAMPLE_RATE_HZ, Transcript
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()
 _POKE = object()  # streaming work is waiting
+CLOSE_JOIN_MARGIN_S = 5.0  # close(): how long past its grace period to wait for the worker thread
 
 
 class ParakeetEngine:
     """Owns the model; thread-safe ``submit``/``transcribe``/``open_stream``; call ``close()`` to stop the worker.
 
-    Parts a test or benchmark may replace: ``recognizer`` (offline passes, streaming's encoder; default: one on
-    ``loaded``), ``early_pass_recognizer`` (the streams' early final passes; default: one of their own) and
-    ``bucketing`` (how queued requests are grouped into batches; default :func:`.batching.bucket_by_length`)."""
+    Parts a test or benchmark may replace: ``recognizer`` (batch passes; default: one on ``loaded``; the streams
+    have one of their own), ``early_pass_recognizer`` (the streams' early final passes; default: one of their
+    own) and ``bucketing`` (how queued requests are grouped into batches; default :func:`.batching.bucket_by_length`)."""
 
     def __init__(self, loaded: LoadedModel, options: EngineOptions | None = None, *,
                  recognizer: Recognizer | None = None, early_pass_recognizer: Transcriber | None = None,
@@ -95,11 +107,19 @@ class ParakeetEngine:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=self.options.max_queue)
         self._closed = threading.Event()
         self._poke_pending = threading.Event()
-        self._streamer = StreamingRecognizer(self._recognizer, self.options.streaming)
+        # The streams' own decoding objects: a batch pass suspended halfway (see _interruptibly) keeps its
+        # decoder's state in the batch recognizer's while the streams decode between its slices.
+        self._streamer = StreamingRecognizer(Recognizer(loaded), self.options.streaming)
         self._streams = StreamManager(self._streamer, self._poke, max_stream_batch=self.options.max_stream_batch,
                                       step_budget_s=self.options.stream_step_budget_s,
                                       early_final_s=self.options.stream_early_final_s,
                                       early_pass_recognizer=early_pass_recognizer)
+        switch = attention_switch(loaded)
+        self._batch_runner = InterruptibleRunner("parakeet-batch", carried=[CarriedState(lambda: switch.mode,
+                                                                                         switch.set)])
+        self._batch_runner.watch(checkpoint_modules(loaded.model))
+        self._slice_started = 0.0
+        self._close_deadline: float | None = None  # set by close(): work still running after it is failed
         self.warmup_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="parakeet-engine", daemon=True)
         self._thread.start()
@@ -138,12 +158,18 @@ class ParakeetEngine:
             warmup_seconds=self.warmup_seconds,
         )
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, grace_s: float = 30.0) -> None:
+        """Stop accepting work; what is queued or running may finish within ``grace_s``, what is left then fails
+        with :class:`EngineClosedError`; live streams are closed (``engine_closed``). Returns within about
+        ``grace_s`` plus one checkpoint's compute."""
         if self._closed.is_set():
             return
+        self._close_deadline = time.monotonic() + grace_s
         self._closed.set()
         self._queue.put(_STOP)
-        self._thread.join(timeout)
+        self._thread.join(grace_s + CLOSE_JOIN_MARGIN_S)
+        if self._thread.is_alive():
+            logger.warning("the engine's worker did not stop within %.0f s of its grace period", CLOSE_JOIN_MARGIN_S)
 
     # --- public API -------------------------------------------------------------------------------------------
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions | None = None,
@@ -277,6 +303,7 @@ class ParakeetEngine:
             if stop_after:
                 break
         self._streams.close_all()
+        self._batch_runner.close()
         self._fail_pending()
 
     def _collect(self, first: object) -> tuple[list[object], bool]:
@@ -302,12 +329,50 @@ class ParakeetEngine:
         self._service_streams()
         batchable = [i for i in items if isinstance(i, BatchItem)]
         for group in self._buckets(batchable):
+            if self._past_grace(group):
+                continue
             self._run_batch(group)
             self._service_streams()
         for item in items:
-            if isinstance(item, ExclusiveItem):
+            if isinstance(item, ExclusiveItem) and not self._past_grace([item]):
                 self._run_exclusive(item)
                 self._service_streams()
+
+    def _past_grace(self, items: list[BatchItem] | list[ExclusiveItem]) -> bool:
+        """After close()'s grace period: fail ``items`` (True)."""
+        if self._close_deadline is None or time.monotonic() < self._close_deadline:
+            return False
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(_closed_before_done())
+        return True
+
+    def _interruptibly(self, compute: Callable[[], list[Transcript]]) -> list[Transcript]:
+        """Run ``compute`` (a batch forward) as the batch runner's job, serving the streams whenever it hands the
+        model back; raises what ``compute`` raises, or :class:`EngineClosedError` past close()'s grace period."""
+        future = self._batch_runner.submit(compute)
+        self._slice_started = time.monotonic()
+        while not self._batch_runner.resume(self._batch_should_yield):
+            if self._close_deadline is not None and time.monotonic() >= self._close_deadline:
+                self._batch_runner.cancel()
+                break
+            self._service_streams()
+            self._slice_started = time.monotonic()
+        if future.cancelled():
+            raise _closed_before_done()
+        result: list[Transcript] = future.result()
+        return result
+
+    def _batch_should_yield(self) -> bool:
+        """On the batch job's thread, at every checkpoint: hand the model back when streaming work waits and the
+        slice is used up or a final is waiting (cheap checks first: this runs at every decoder step), or when
+        close()'s grace period is over."""
+        if self._close_deadline is not None and time.monotonic() >= self._close_deadline:
+            return True
+        if not self._poke_pending.is_set():
+            return False
+        return (time.monotonic() - self._slice_started >= self.options.batch_slice_s
+                or self._streams.final_waiting())
 
     def _service_streams(self) -> None:
         self._poke_pending.clear()
@@ -337,7 +402,12 @@ class ParakeetEngine:
         now = time.monotonic()
         timestamps = any(i.timestamps for i in group)
         try:
-            transcripts = self._recognizer.transcribe([i.audio for i in group], timestamps=timestamps)
+            transcripts = self._interruptibly(
+                lambda: self._recognizer.transcribe([i.audio for i in group], timestamps=timestamps))
+        except EngineClosedError as exc:
+            for item in group:
+                item.future.set_exception(exc)
+            return
         except Exception as exc:  # a failed batch must not take the worker down; retry alone, then report
             if len(group) > 1:
                 logger.warning("batch of %d failed (%s); retrying one by one", len(group), exc)
@@ -355,9 +425,11 @@ class ParakeetEngine:
             item.future.cancel()
             return
         waited = time.monotonic() - item.enqueued
-        self._streams.cancel_early_pass()  # it may change the model (attention mode) under a suspended pass
         try:
-            transcript = item.run()
+            transcript = self._interruptibly(lambda: [item.run()])[0]
+        except EngineClosedError as exc:
+            item.future.set_exception(exc)
+            return
         except Exception as exc:  # reported to the caller; the worker goes on
             logger.exception("exclusive inference failed")
             item.future.set_exception(exc)
@@ -372,3 +444,8 @@ class ParakeetEngine:
                 return
             if isinstance(item, BatchItem | ExclusiveItem) and not item.future.done():
                 item.future.set_exception(EngineClosedError("the engine shut down before this request ran"))
+
+
+def _closed_before_done() -> EngineClosedError:
+    return EngineClosedError("the worker shut down before this request finished (its grace period ended); "
+                             "send it again to another worker")

@@ -36,6 +36,9 @@ class EngineOptions:
     # While streams are live, offline work runs in groups of at most this much padded audio between two
     # streaming rounds, so batch jobs cannot starve real-time sessions.
     stream_interleave_audio_s: float = 30.0
+    # While streams wait, a batch forward (whatever its length or attention mode) hands the model back to them
+    # after at most this long, at its next encoder layer or decoder step; at once when a stream's final waits.
+    batch_slice_s: float = 0.2
     max_stream_batch: int = 32
     # Seconds one streaming forward may take: more ready streams are split into several forwards, so a client's
     # finalize waits for at most one of them (0: one forward for all). See parakeet_worker.streaming.manager.

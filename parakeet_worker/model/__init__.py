@@ -12,6 +12,8 @@ from parakeet_worker.model.loader import (
 from parakeet_worker.model.nemo_internals import (
     LOCAL_ATTENTION_CONTEXT,
     LOCAL_ATTENTION_LABEL,
+    AttentionSwitch,
+    attention_switch,
     build_decoding,
     checkpoint_modules,
     label_looping_computer,
@@ -21,7 +23,7 @@ from parakeet_worker.model.nemo_internals import (
 )
 from parakeet_worker.model.recognizer import Recognizer, Transcriber
 
-__all__ = ["LOCAL_ATTENTION_CONTEXT", "LOCAL_ATTENTION_LABEL", "ChunkedSubsampling", "FrameDecoder", "LoadedModel",
-           "Recognizer", "Token", "Transcriber", "build_decoding", "checkpoint_modules", "label_looping_computer",
-           "load_model", "local_attention", "native_rnn_kernels", "prepare_for_long_audio", "release_host_memory",
-           "resolve_model_source"]
+__all__ = ["LOCAL_ATTENTION_CONTEXT", "LOCAL_ATTENTION_LABEL", "AttentionSwitch", "ChunkedSubsampling",
+           "FrameDecoder", "LoadedModel", "Recognizer", "Token", "Transcriber", "attention_switch", "build_decoding",
+           "checkpoint_modules", "label_looping_computer", "load_model", "local_attention", "native_rnn_kernels",
+           "prepare_for_long_audio", "release_host_memory", "resolve_model_source"]

@@ -1,9 +1,12 @@
-"""Who may open a session, on what terms, and what is left when it ends: limits, grants and summaries."""
+"""Who may open a session, on what terms, and what is left when it ends: limits, grants, summaries, and the
+per-address back-off on refused handshakes (:class:`RefusalGuard`)."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -11,6 +14,8 @@ from parakeet_worker.serving.protocol import MAX_FRAME_AUDIO_S, MAX_FRAME_BYTES,
 
 if TYPE_CHECKING:
     from parakeet_worker.serving.ws_session import Session
+
+logger = logging.getLogger("websocket_handler")
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,10 @@ class ServerLimits:
     max_frame_bytes: int = MAX_FRAME_BYTES  # a WebSocket message larger than this closes the connection (1009)
     max_frame_audio_s: float = MAX_FRAME_AUDIO_S  # one binary frame may carry at most this much audio
     connect_timeout_s: float = 120.0  # a websocket job ends if no client connects within this
+    # Token guessing: an address refused this many times within the window is answered 429 until the window
+    # has passed since its last refusal (even with a valid token).
+    max_refusals: int = 10
+    refusal_window_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,7 @@ class SessionSummary:
     utterances: int
     final_text: str
     duration_s: float
+    error_code: str | None = None  # what the session lost, e.g. ``final_unavailable`` (docs/PROTOCOL.md)
 
     @classmethod
     def without_session(cls, reason: EndReason) -> SessionSummary:
@@ -59,3 +69,57 @@ class Grant:
         """Resolve the summary for a grant whose session never ran (revoked, expired, shut down)."""
         if not self.summary.done():
             self.summary.set_result(SessionSummary.without_session(reason))
+
+
+@dataclass
+class _Refusals:
+    count: int = 0
+    window_start: float = 0.0
+    last: float = 0.0
+    logged_at: float = float("-inf")
+    unlogged: int = 0
+
+
+class RefusalGuard:
+    """Per-address memory of refused handshakes (bad or missing token): past ``max_refusals`` within
+    ``window_s`` the address is blocked until ``window_s`` after its last refusal, and refusals are logged at most
+    once per window per address (with how many were not), so guessing costs the guesser, not the log. Bounded:
+    the ``max_addresses`` least recently refused addresses are kept. Used on the server's loop only."""
+
+    def __init__(self, max_refusals: int, window_s: float, max_addresses: int = 4096) -> None:
+        self.max_refusals = max_refusals
+        self.window_s = window_s
+        self.max_addresses = max_addresses
+        self._seen: OrderedDict[str, _Refusals] = OrderedDict()
+
+    def blocked_for(self, address: str, now: float | None = None) -> float:
+        """Seconds ``address`` must still wait (0: not blocked)."""
+        now = time.monotonic() if now is None else now
+        entry = self._seen.get(address)
+        if entry is None or entry.count < self.max_refusals:
+            return 0.0
+        left = entry.last + self.window_s - now
+        if left <= 0:
+            del self._seen[address]
+            return 0.0
+        return left
+
+    def refused(self, address: str, why: str, now: float | None = None) -> None:
+        """Record one refusal of ``address`` (and log it, rate-bounded)."""
+        now = time.monotonic() if now is None else now
+        entry = self._seen.pop(address, None) or _Refusals(window_start=now)
+        if now - entry.window_start > self.window_s and entry.count < self.max_refusals:
+            entry = _Refusals(window_start=now, logged_at=entry.logged_at, unlogged=entry.unlogged)
+        entry.count += 1
+        entry.last = now
+        self._seen[address] = entry
+        while len(self._seen) > self.max_addresses:
+            self._seen.popitem(last=False)
+        if now - entry.logged_at >= self.window_s:
+            more = f" ({entry.unlogged} more refusals from it not logged)" if entry.unlogged else ""
+            logger.warning("refused a connection from %s: %s; %d refusals in %.0f s%s", address, why, entry.count,
+                           self.window_s, more)
+            entry.logged_at = now
+            entry.unlogged = 0
+        else:
+            entry.unlogged += 1

@@ -9,7 +9,11 @@ waits for that session's summary; standalone, a fixed token admits any number of
 
     python websocket_handler.py --port 8765 --token secret      # or no --token: one is generated and printed
 
-This module is the server's life: listening, health endpoints, the handshake's token check, grants, shutdown.
+This module is the server's life: listening, health endpoints, the handshake's token check (with a per-address
+back-off on refusals), grants, shutdown. ``await server.shutdown(grace_s)`` (or ``ServerThread.shutdown(grace_s)``
+from another thread) drains: new connections are refused (503), every live session is told (``server_shutdown``),
+gets the final of its utterance in progress, ``stopped`` and a 1001 close, all within ``grace_s``; the engine is
+closed by its owner afterwards (``engine.close(grace_s)``), as batch jobs share it.
 One connection's protocol is :mod:`~parakeet_worker.serving.ws_session`; limits, grants and summaries are
 :mod:`~parakeet_worker.serving.ws_grants`; the messages themselves :mod:`~parakeet_worker.serving.protocol`.
 """
@@ -34,8 +38,9 @@ from websockets.http11 import Request, Response
 from parakeet_worker.config import Settings
 from parakeet_worker.engine import ParakeetEngine
 from parakeet_worker.observability import Metrics, log_context
-from parakeet_worker.serving.protocol import PROTOCOL_VERSION, EndReason
-from parakeet_worker.serving.ws_grants import Grant, ServerLimits, SessionSummary
+from parakeet_worker.serving import protocol as proto
+from parakeet_worker.serving.protocol import PROTOCOL_VERSION, EndReason, ErrorCode
+from parakeet_worker.serving.ws_grants import Grant, RefusalGuard, ServerLimits, SessionSummary
 from parakeet_worker.serving.ws_session import Session
 
 logger = logging.getLogger("websocket_handler")
@@ -44,6 +49,7 @@ PING_INTERVAL_S = 20.0  # the server pings every this long ...
 PING_TIMEOUT_S = 20.0  # ... and closes a connection that does not answer within this
 CLOSE_TIMEOUT_S = 5.0
 THREAD_CALL_TIMEOUT_S = 30.0  # ServerThread: starting or stopping the server on its loop
+SHUTDOWN_GRACE_S = 20.0  # stop(): how long live sessions get for their last finals before their sockets close
 
 
 # --- the server -------------------------------------------------------------------------------------------------
@@ -58,6 +64,8 @@ class StreamServer:
         self._grants: dict[str, Grant] = {}
         self._sessions: set[Session] = set()
         self._server: Server | None = None
+        self._draining = False
+        self._refusals = RefusalGuard(self.limits.max_refusals, self.limits.refusal_window_s)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = settings.ws_port
 
@@ -73,13 +81,40 @@ class StreamServer:
         logger.info("WebSocket server listening on %s:%d", self.settings.ws_host, self.port)
 
     async def stop(self) -> None:
-        for session in list(self._sessions):
-            await session.end(EndReason.SERVER_SHUTDOWN)
+        await self.shutdown(SHUTDOWN_GRACE_S)
+
+    async def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Drain: refuse new connections, end every live session with ``server_shutdown`` (its final, ``stopped``,
+        close 1001) — all at once, within ``grace_s`` — then close what is left and stop listening. Grants that
+        never had a session resolve with ``server_shutdown``. Idempotent."""
+        self._draining = True
+        sessions = list(self._sessions)
+        if sessions:
+            logger.info("shutting down: ending %d live sessions (grace %.0f s)", len(sessions), grace_s)
+            notice = proto.Error(code=ErrorCode.SERVER_SHUTDOWN,
+                                 message="the worker is shutting down: the utterance in progress gets its final, "
+                                         "then the session stops; reconnect to another worker")
+            ends = [asyncio.ensure_future(s.end(EndReason.SERVER_SHUTDOWN, notice)) for s in sessions]
+            _, late = await asyncio.wait(ends, timeout=grace_s)
+            if late:
+                logger.warning("%d sessions did not end within the %.0f s grace period; closing them", len(late),
+                               grace_s)
+                for task in late:
+                    task.cancel()
+                for session in sessions:
+                    session.abandon()
         if self._server is not None:
-            self._server.close()
+            self._server.close()  # closes what is still open with 1001
             await self._server.wait_closed()
-        for grant in self._grants.values():
+        for grant in list(self._grants.values()):
             grant.end_unheard(EndReason.SERVER_SHUTDOWN)
+
+    def shutdown_blocking(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """:meth:`shutdown` from any thread but the server's own (a signal handler, the RunPod worker's main)."""
+        if self.loop is None:
+            return
+        call = asyncio.run_coroutine_threadsafe(self.shutdown(grace_s), self.loop)
+        call.result(timeout=grace_s + CLOSE_TIMEOUT_S + THREAD_CALL_TIMEOUT_S)
 
     @property
     def active_sessions(self) -> int:
@@ -104,8 +139,10 @@ class StreamServer:
 
     async def _revoke(self, grant: Grant, reason: EndReason) -> None:
         self._grants.pop(grant.token, None)
-        for session in list(grant.sessions):
-            await session.end(reason)
+        notice = proto.Error(code=ErrorCode.CANCELLED,
+                             message="the session's job was cancelled: the utterance in progress gets its final, "
+                                     "then the session stops")
+        await asyncio.gather(*(session.end(reason, notice) for session in list(grant.sessions)))
         grant.end_unheard(reason)
 
     def _watch_unused(self, grant: Grant) -> None:
@@ -125,10 +162,19 @@ class StreamServer:
             if self._ready():
                 return _http(http.HTTPStatus.OK, {"status": "ready", "sessions": self.active_sessions})
             return _http(http.HTTPStatus.SERVICE_UNAVAILABLE, {"status": "loading"})
+        if self._draining:
+            return _http(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                         {"error": "this worker is shutting down and takes no new sessions; start another job"})
+        address = _address_of(connection)
+        wait_s = self._refusals.blocked_for(address)
+        if wait_s > 0:
+            return _http(http.HTTPStatus.TOO_MANY_REQUESTS,
+                         {"error": f"too many refused connections from this address; retry in {wait_s:.0f} s"},
+                         retry_after_s=wait_s)
         token = _token_of(request)
         grant = self._grants.get(token or "")
         if grant is None:
-            logger.warning("refused a connection with %s token", "no" if not token else "an unknown")
+            self._refusals.refused(address, f"{'no' if not token else 'an unknown'} token")
             return _http(http.HTTPStatus.UNAUTHORIZED,
                          {"error": "missing or invalid token: pass ?token=<token from the job's ready message>"})
         if grant.used and not grant.multi_use:
@@ -167,10 +213,17 @@ def _token_of(request: Request) -> str | None:
     return None
 
 
-def _http(status: http.HTTPStatus, body: dict[str, Any]) -> Response:
+def _address_of(connection: ServerConnection) -> str:
+    remote = connection.remote_address
+    return str(remote[0]) if isinstance(remote, tuple) and remote else str(remote)
+
+
+def _http(status: http.HTTPStatus, body: dict[str, Any], retry_after_s: float | None = None) -> Response:
     data = json.dumps(body).encode()
     headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data))),
                        ("Connection", "close")])
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(retry_after_s)))
     return Response(status.value, status.phrase, headers, data)
 
 
@@ -189,9 +242,16 @@ class ServerThread:
         return self.server
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout=THREAD_CALL_TIMEOUT_S)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self.shutdown(SHUTDOWN_GRACE_S)
+
+    def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """:meth:`StreamServer.shutdown` from any thread (e.g. a SIGTERM handler), then the server's loop stops.
+        Returns within about ``grace_s`` plus the sockets' close timeout."""
+        try:
+            self.server.shutdown_blocking(grace_s)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
 
 
 def public_address(settings: Settings, port: int) -> tuple[str, int, str]:

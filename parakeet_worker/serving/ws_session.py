@@ -3,6 +3,11 @@
 The asyncio side only moves bytes and messages: audio is resampled to the engine's rate and pushed to the stream,
 the engine's events (on its own thread) come back through the loop as ``transcription`` messages. Every outgoing
 message goes through one queue, numbered in order (``seq``), so a slow reader never reorders or loses them.
+
+However a session ends — the client's ``stop``, idle, its length limit, its job cancelled, shutdown — one task
+(:meth:`Session.end`) does the ending: the utterance in progress gets its final, then ``stopped``, then the close
+with its code and reason; the receive loop and the connection wait for it, so a client still sending cannot cut
+it short. A final the engine could not produce is said so (``final_unavailable``), never dropped silently.
 """
 
 from __future__ import annotations
@@ -29,7 +34,14 @@ from parakeet_worker.observability import Metrics
 from parakeet_worker.serving import protocol as proto
 from parakeet_worker.serving.protocol import EndReason, ErrorCode, ProtocolError
 from parakeet_worker.serving.ws_grants import Grant, SessionSummary
-from parakeet_worker.streaming import EndpointConfig, StreamEvent, StreamHandle, StreamOptions
+from parakeet_worker.streaming import (
+    EndpointConfig,
+    FinalizeLimitError,
+    StreamBacklogError,
+    StreamEvent,
+    StreamHandle,
+    StreamOptions,
+)
 from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
 logger = logging.getLogger("websocket_handler")
@@ -37,6 +49,8 @@ logger = logging.getLogger("websocket_handler")
 STOP_WAIT_S = 30.0  # after ``stop``, how long the engine may take to serve the last finals
 DRAIN_WAIT_S = 10.0  # ... and the queued messages to reach a slow reader before the socket closes
 WATCHDOG_PERIOD_S = 0.5
+RATE_LIMIT_NOTICE_S = 1.0  # at most one ``rate_limited`` error per this long: refusals must not flood the reader
+SMALL_CONTROL_BYTES = 256  # past the rate limit only small text frames are read (a ``stop`` is always honoured)
 # Ends that are no fault of the session; the metric records any other reason as its error code.
 NORMAL_ENDS = frozenset(EndReason) - {EndReason.NO_CLIENT}
 
@@ -67,9 +81,16 @@ class Session:
         self.audio_samples = 0  # at the client's rate
         self.reason: EndReason | None = None
         self.closed_event = asyncio.Event()  # the engine stream is closed
+        self.closed_reason = ""  # ... and why (``stop`` when its last final was served)
+        self.dropped_s = 0.0  # audio the engine refused (backlog): not counted in ``audio_seconds``
+        self.error_code: str | None = None  # what the session lost (``final_unavailable``), for the summary
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
-        self._ended = False
+        self._ending: asyncio.Task[None] | None = None  # the one task that ends the session (see end())
+        self._control_tokens = float(proto.MAX_CONTROL_BURST)
+        self._control_at = self.opened
+        self._refused_notice_at = 0.0
+        self.refused_messages = 0
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -89,16 +110,44 @@ class Session:
                 try:
                     if isinstance(message, bytes):
                         self._on_audio(message)
-                    else:
+                    elif self._admit_control(message):
                         await self._on_text(message)
                 except ProtocolError as exc:
                     self._send(proto.Error.of(exc))
-                if self._ended:
+                if self._ending is not None and self._ending.done():
                     break
         except ConnectionClosed:
             pass
 
+    def _admit_control(self, raw: str) -> bool:
+        """The per-session token bucket on control messages; past it a message is refused (one ``rate_limited``
+        notice per second), except a ``stop``, which always ends the session."""
+        now = time.monotonic()
+        self._control_tokens = min(float(proto.MAX_CONTROL_BURST),
+                                   self._control_tokens + (now - self._control_at) * proto.MAX_CONTROL_RATE_PER_S)
+        self._control_at = now
+        if self._control_tokens >= 1.0:
+            self._control_tokens -= 1.0
+            return True
+        if len(raw) <= SMALL_CONTROL_BYTES and '"stop"' in raw:
+            with contextlib.suppress(ProtocolError):
+                if proto.action_of(proto.loads(raw)) is proto.Action.STOP:
+                    return True
+        self.refused_messages += 1
+        if now - self._refused_notice_at >= RATE_LIMIT_NOTICE_S:
+            self._refused_notice_at = now
+            logger.warning("session %s: control messages over %.0f/s refused (%d so far)", self.id,
+                           proto.MAX_CONTROL_RATE_PER_S, self.refused_messages)
+            self._send(proto.Error(code=ErrorCode.RATE_LIMITED,
+                                   message=f"more than {proto.MAX_CONTROL_RATE_PER_S:.0f} control messages per second "
+                                           f"(burst {proto.MAX_CONTROL_BURST}); {self.refused_messages} were refused "
+                                           "so far; slow down (audio frames are not limited)"))
+        return False
+
     async def _close(self, watchdog: asyncio.Task[None], sender: asyncio.Task[None]) -> None:
+        if self._ending is not None:  # a server-side end in progress: it sends the final, stopped and the close
+            with contextlib.suppress(Exception, asyncio.CancelledError):  # abandon() cancels it
+                await asyncio.shield(self._ending)
         if self.reason is None:
             self.reason = EndReason.DISCONNECT
         if self.handle is not None and not self.handle.closed:
@@ -113,22 +162,46 @@ class Session:
                             session_id=self.id, job_id=self.grant.job_id, active_sessions=self.active_sessions(),
                             error_code=None if self.reason in NORMAL_ENDS else self.reason.value)
 
-    async def end(self, reason: EndReason) -> None:
-        """Server-side end (idle, max length, job cancelled, shutdown): flush, say ``stopped``, close."""
-        if self._ended:
-            return
-        self.reason = reason
+    async def end(self, reason: EndReason, notice: proto.Error | None = None) -> None:
+        """End the session (any reason, the client's ``stop`` included): ``notice`` first if given, then the
+        utterance in progress gets its final, ``stopped``, and the socket closes with the reason's code and name.
+        The first call starts the ending in a task of its own and later calls wait for that one, so neither the
+        receive loop's end nor a cancelled caller (the watchdog) can cut it short."""
+        if self._ending is None:
+            self.reason = reason
+            if notice is not None:
+                self._send(notice)
+            self._ending = asyncio.create_task(self._end(reason), name=f"ws-end-{self.id}")
+        await asyncio.shield(self._ending)
+
+    async def _end(self, reason: EndReason) -> None:
         await self._stop_stream(reason)
-        await self.ws.close(reason.close_code, reason.value)
+        await self.ws.close(reason.close_code, "stopped" if reason is EndReason.STOP else reason.value)
+
+    @property
+    def ending(self) -> bool:
+        return self._ending is not None
+
+    def abandon(self) -> None:
+        """Give up an ending that overran the server's grace period: the final it waited for is lost (the summary
+        says ``final_unavailable``) and the socket is closed by the server."""
+        if self._ending is None or self._ending.done():
+            return
+        self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
+        if self.handle is not None and not self.handle.closed:
+            self.handle.abort()
+        self._ending.cancel()
 
     def summary(self) -> SessionSummary:
         return SessionSummary(session_id=self.id, reason=(self.reason or EndReason.DISCONNECT).value,
                               audio_seconds=round(self.audio_seconds, 3), utterances=len(self.finals),
-                              final_text=self.final_text, duration_s=round(time.monotonic() - self.opened, 3))
+                              final_text=self.final_text, duration_s=round(time.monotonic() - self.opened, 3),
+                              error_code=self.error_code)
 
     @property
     def audio_seconds(self) -> float:
-        return self.audio_samples / self.started.sample_rate if self.started else 0.0
+        heard = self.audio_samples / self.started.sample_rate if self.started else 0.0
+        return max(0.0, heard - self.dropped_s)
 
     @property
     def final_text(self) -> str:
@@ -139,16 +212,19 @@ class Session:
         while True:
             await asyncio.sleep(WATCHDOG_PERIOD_S)
             now = time.monotonic()
+            if self._ending is not None:
+                return
             if now - self.opened > limits.max_session_s:
-                self._send(proto.Error(code=ErrorCode.MAX_SESSION_LENGTH,
-                                       message=f"the session reached its limit of {limits.max_session_s:.0f} s"))
-                await self.end(EndReason.MAX_SESSION_LENGTH)
+                await self.end(EndReason.MAX_SESSION_LENGTH, proto.Error(
+                    code=ErrorCode.MAX_SESSION_LENGTH,
+                    message=f"the session reached its limit of {limits.max_session_s:.0f} s; the utterance in "
+                            "progress gets its final, then the session stops"))
                 return
             if now - self.last_activity > limits.idle_timeout_s:
-                self._send(proto.Error(code=ErrorCode.IDLE_TIMEOUT,
-                                       message=f"no audio or message for {limits.idle_timeout_s:.0f} s; send audio "
-                                               "or {\"action\": \"ping\"} to keep the session open"))
-                await self.end(EndReason.IDLE_TIMEOUT)
+                await self.end(EndReason.IDLE_TIMEOUT, proto.Error(
+                    code=ErrorCode.IDLE_TIMEOUT,
+                    message=f"no audio or message for {limits.idle_timeout_s:.0f} s; send audio "
+                            "or {\"action\": \"ping\"} to keep the session open"))
                 return
 
     # --- outgoing -----------------------------------------------------------------------------------------------
@@ -226,6 +302,8 @@ class Session:
             requested_chunk_duration=start.chunk_duration))
 
     def _on_audio(self, data: bytes) -> None:
+        if self._ending is not None:
+            return  # the session is ending (its final, stopped and close follow): audio after that is not heard
         if self.started is None or self.handle is None:
             raise ProtocolError(ErrorCode.NOT_STARTED,
                                 "audio arrived before {\"action\": \"start\"}; the frame was dropped")
@@ -239,6 +317,9 @@ class Session:
             samples = self.resampler.resample_chunk(samples)
         try:
             self.handle.push(samples)
+        except StreamBacklogError as exc:
+            seconds = samples.shape[0] / SAMPLE_RATE_HZ
+            raise ProtocolError(ErrorCode.STREAM_BACKLOG, f"{exc}; this frame was dropped: {seconds:.3f} s") from None
         except EngineOverloadedError as exc:
             raise ProtocolError(ErrorCode.OVERLOADED, str(exc)) from None
         except EngineClosedError as exc:
@@ -253,39 +334,60 @@ class Session:
         return tail
 
     async def _stop(self) -> None:
-        self.reason = EndReason.STOP
-        await self._stop_stream(EndReason.STOP)
-        await self.ws.close(proto.CloseCode.NORMAL, "stopped")
+        await self.end(EndReason.STOP)
 
     async def _stop_stream(self, reason: EndReason) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        if self.handle is not None and not self.handle.closed:
-            tail = self._flush_resampler()
-            if tail is not None and tail.size:
-                with contextlib.suppress(ParakeetError):
-                    self.handle.push(tail)
-            self.handle.stop()
+        if self.handle is not None:
+            if not self.handle.closed:
+                tail = self._flush_resampler()
+                if tail is not None and tail.size:
+                    with contextlib.suppress(ParakeetError):
+                        self.handle.push(tail)
+                self.handle.stop()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.closed_event.wait(), timeout=STOP_WAIT_S)
+            if self.closed_reason != "stop":  # timed out, or the engine closed the stream before its final
+                self._final_unavailable()
         self._send(proto.Stopped(reason=reason.value, final_text=self.final_text,
-                                 audio_seconds=round(self.audio_seconds, 3), utterances=len(self.finals)))
+                                 audio_seconds=round(self.audio_seconds, 3), utterances=len(self.finals),
+                                 error_code=self.error_code))
         self.outbox.put_nowait(None)  # the sender drains what is queued (``stopped`` last), then ends
         if self._sender is not None:  # close only after everything queued went out, even to a slow reader
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, ConnectionClosed):
                 await asyncio.wait_for(asyncio.shield(self._sender), timeout=DRAIN_WAIT_S)
 
+    def _final_unavailable(self) -> None:
+        """The engine ended this stream without serving its last final: say so, never answer as if it were."""
+        assert self.handle is not None
+        if not self.closed_event.is_set():
+            self.handle.abort()
+            why = f"the engine did not produce it within {STOP_WAIT_S:.0f} s"
+        else:
+            why = f"the engine closed the stream first ({self.closed_reason or 'unknown'})"
+        self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
+        logger.error("session %s: the last utterance's final was lost: %s", self.id, why)
+        self._send(proto.Error(code=ErrorCode.FINAL_UNAVAILABLE,
+                               message=f"the final of the last utterance could not be produced: {why}; the "
+                                       "stopped message's final_text lacks it; send that audio again"))
+
     def _finalize(self) -> None:
         if self.handle is None:
             raise ProtocolError(ErrorCode.NOT_STARTED,
                                 "nothing to finalize: send {\"action\": \"start\"} and audio first")
+        if self._ending is not None:
+            return  # the ending's final covers the utterance
         tail = self._flush_resampler()  # so the utterance's last samples are transcribed
         if tail is not None and self.started is not None:
             self.resampler = _resampler(self.started.sample_rate)
             if tail.size:
-                self.handle.push(tail)
-        self.handle.finalize()
+                with contextlib.suppress(ParakeetError):  # a full backlog: those samples are dropped like a frame
+                    self.handle.push(tail)
+        try:
+            self.handle.finalize()
+        except FinalizeLimitError as exc:
+            raise ProtocolError(ErrorCode.RATE_LIMITED, str(exc)) from None
+        except EngineClosedError as exc:
+            raise ProtocolError(ErrorCode.STOPPED, str(exc)) from None
 
     def _config(self, config: proto.Config) -> None:
         assert self.started is not None  # checked before parsing
@@ -299,11 +401,16 @@ class Session:
 
     def _deliver(self, event: StreamEvent) -> None:
         if event.kind == "closed":
+            self.closed_reason = event.reason
             self.closed_event.set()
             return
         if event.kind == "error":
+            text = str(event.error)
+            if isinstance(event.error, StreamBacklogError):
+                self.dropped_s += event.error.dropped_s
+                text += f"; audio dropped: {event.error.dropped_s:.3f} s"
             code = getattr(event.error, "code", ErrorCode.ENGINE_ERROR)
-            self._send(proto.Error(code=code, message=str(event.error)))
+            self._send(proto.Error(code=code, message=text))
             return
         if event.result is None or self.started is None:
             return

@@ -8,11 +8,12 @@ from parakeet_worker.streaming.handle import (
     StreamHandle,
     StreamOptions,
 )
-from parakeet_worker.streaming.interruptible import InterruptibleRunner
+from parakeet_worker.streaming.interruptible import CarriedState, InterruptibleRunner
 from parakeet_worker.streaming.manager import StreamManager, utterance_parts
 from parakeet_worker.streaming.recognizer import StreamingRecognizer, stream_whole
 from parakeet_worker.streaming.types import (
     ENCODER_FRAME_S,
+    FinalizeLimitError,
     StepResult,
     StreamBacklogError,
     StreamGeometry,
@@ -27,7 +28,8 @@ from parakeet_worker.streaming.vad import (
     VadUnavailableError,
 )
 
-__all__ = ["ENCODER_FRAME_S", "BatchedVad", "EndpointConfig", "EventCallback", "InterruptibleRunner", "StepResult",
-           "StreamBacklogError", "StreamEvent", "StreamGeometry", "StreamHandle", "StreamManager", "StreamOptions",
-           "StreamState", "StreamStats", "StreamingConfig", "StreamingRecognizer", "VadStream", "VadUnavailableError",
-           "early_pass_due", "early_pass_stale", "stream_whole", "utterance_parts"]
+__all__ = ["ENCODER_FRAME_S", "BatchedVad", "CarriedState", "EndpointConfig", "EventCallback", "FinalizeLimitError",
+           "InterruptibleRunner", "StepResult", "StreamBacklogError", "StreamEvent", "StreamGeometry", "StreamHandle",
+           "StreamManager", "StreamOptions", "StreamState", "StreamStats", "StreamingConfig", "StreamingRecognizer",
+           "VadStream", "VadUnavailableError", "early_pass_due", "early_pass_stale", "stream_whole",
+           "utterance_parts"]

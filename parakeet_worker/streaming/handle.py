@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from parakeet_worker.errors import EngineClosedError
-from parakeet_worker.streaming.types import StepResult, StreamBacklogError, StreamState
+from parakeet_worker.streaming.types import FinalizeLimitError, StepResult, StreamBacklogError, StreamState
 from parakeet_worker.streaming.vad import EndpointConfig, VadStream
 from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EventKind = Literal["partial", "final", "closed", "error"]
+MAX_QUEUED_FINALIZE = 4  # finalize requests a stream may have waiting for the scheduler; more are refused
 FinalReason = Literal["endpoint", "finalize", "stop"]
 
 
@@ -98,8 +99,13 @@ class StreamHandle:
         return bool(self._finalize_at) or self._stop or self._abort
 
     def finalize(self) -> None:
-        """End the current utterance now: its final comes back with reason ``finalize``; the stream goes on."""
+        """End the current utterance now: its final comes back with reason ``finalize``; the stream goes on.
+        Raises :class:`FinalizeLimitError` while ``MAX_QUEUED_FINALIZE`` requests are still waiting."""
         with self._lock:
+            if len(self._finalize_at) >= MAX_QUEUED_FINALIZE:
+                raise FinalizeLimitError(
+                    f"stream {self.stream_id} already has {MAX_QUEUED_FINALIZE} finalize requests waiting; wait "
+                    "for their finals before asking for another")
             self._finalize_at.append(self._inbox_samples)
         self._manager.poke()
 

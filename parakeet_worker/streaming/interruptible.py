@@ -18,9 +18,11 @@ suspended halfway, so the work runs on a helper thread that behaves as a corouti
 While the job is suspended the worker thread may run its own inference on the same modules (they are stateless in
 inference; the job keeps its intermediate tensors on its own stack). The job must use its own decoding objects
 (its own :class:`parakeet_worker.model.Recognizer`), and the worker must not change the model (attention mode)
-while a job is suspended: cancel it first. The process-wide oneDNN flag that
-:func:`parakeet_worker.model.native_rnn_kernels` turns off during decoding is handed over with control, so neither
-thread runs with the other's setting.
+while a job is suspended — unless that change is one of the runner's *carried states*: process-wide settings
+handed over with control, so neither thread runs with the other's. The oneDNN flag that
+:func:`parakeet_worker.model.native_rnn_kernels` turns off during decoding is always carried; the engine's batch
+runner also carries the encoder's attention mode (:class:`parakeet_worker.model.AttentionSwitch`), so a long batch
+pass under local attention can be suspended while the worker steps the streams in full attention.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -36,6 +39,21 @@ import torch
 logger = logging.getLogger(__name__)
 
 _Turn = Literal["worker", "job"]
+
+
+@dataclass(frozen=True)
+class CarriedState:
+    """A process-wide setting each side keeps its own value of across hand-overs: ``get`` reads it, ``put`` sets it."""
+
+    get: Callable[[], Any]
+    put: Callable[[Any], None]
+
+
+def _set_mkldnn(enabled: Any) -> None:
+    torch.backends.mkldnn.enabled = bool(enabled)
+
+
+MKLDNN_FLAG = CarriedState(lambda: torch.backends.mkldnn.enabled, _set_mkldnn)
 
 
 class JobCancelledError(Exception):
@@ -48,12 +66,13 @@ class InterruptibleRunner:
 
     Every method except :meth:`checkpoint` belongs to the one thread that owns the model."""
 
-    def __init__(self, name: str = "parakeet-early-pass") -> None:
+    def __init__(self, name: str = "parakeet-early-pass", carried: Sequence[CarriedState] = ()) -> None:
         self._cv = threading.Condition()
+        self._carried = (MKLDNN_FLAG, *carried)
         self._turn: _Turn = "worker"
         self._job: tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None = None
         self._yield_when: Callable[[], bool] = lambda: False
-        self._worker_mkldnn = True  # the worker thread's oneDNN flag, restored whenever control goes back to it
+        self._worker_state: list[Any] = []  # the worker's carried values, restored whenever control goes back to it
         self._cancel = False
         self._closed = False
         self._hooks: list[Any] = []
@@ -90,11 +109,11 @@ class InterruptibleRunner:
             return True
         with self._cv:
             self._yield_when = yield_when
-            self._worker_mkldnn = torch.backends.mkldnn.enabled
+            self._worker_state = [state.get() for state in self._carried]
             self._turn = "job"
             self._cv.notify_all()
             self._cv.wait_for(lambda: self._turn == "worker")
-        torch.backends.mkldnn.enabled = self._worker_mkldnn
+        self._restore(self._worker_state)
         return self._job is None
 
     def finish(self) -> None:
@@ -131,15 +150,19 @@ class InterruptibleRunner:
             return
         if not self._cancel:
             self.yields += 1
-            mine = torch.backends.mkldnn.enabled
-            torch.backends.mkldnn.enabled = self._worker_mkldnn
+            mine = [state.get() for state in self._carried]
+            self._restore(self._worker_state)
             with self._cv:
                 self._turn = "worker"
                 self._cv.notify_all()
                 self._cv.wait_for(lambda: self._turn == "job")
-            torch.backends.mkldnn.enabled = mine
+            self._restore(mine)
         if self._cancel:
             raise JobCancelledError("the job was cancelled")
+
+    def _restore(self, values: list[Any]) -> None:
+        for state, value in zip(self._carried, values):
+            state.put(value)
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)

@@ -137,6 +137,10 @@ class StreamManager:
                            early_passes_run=self._early.run, early_passes_used=self._early_used,
                            final_passes=self.streamer.final_passes)
 
+    def final_waiting(self) -> bool:
+        """A stream has a ``finalize`` or ``stop`` queued (any thread)."""
+        return self._final_waiting()
+
     def group_size(self) -> int:
         """Streams per forward: as many as fit the step budget by the running cost estimate."""
         if self.step_budget_s <= 0 or self._window_cost_s is None:
@@ -211,6 +215,7 @@ class StreamManager:
                     try:
                         self.streamer.accept(live.state, audio)
                     except StreamBacklogError as exc:  # push() checks too; this is the last line of defence
+                        exc.dropped_s = audio.shape[0] / SAMPLE_RATE_HZ
                         live.emit(StreamEvent(live.stream_id, "error", live.utterance, error=exc))
                 if ends is not None:
                     finals.append((live, ends))

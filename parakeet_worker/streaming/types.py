@@ -21,6 +21,14 @@ class StreamBacklogError(EngineOverloadedError):
     much faster than real time). The caller should slow down or be refused."""
 
     code = "stream_backlog"
+    dropped_s: float = 0.0  # seconds of audio refused with it (not transcribed, not counted as heard)
+
+
+class FinalizeLimitError(EngineOverloadedError):
+    """A stream already has as many ``finalize`` requests queued as allowed; this one is refused, so one client
+    cannot queue unbounded final passes ahead of other streams."""
+
+    code = "rate_limited"
 
 
 def _frames(seconds: float, frame_s: float, name: str) -> int:

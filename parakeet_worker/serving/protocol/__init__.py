@@ -30,6 +30,8 @@ from parakeet_worker.serving.protocol.codes import (
     ENCODING,
     ENCODING_ALIASES,
     MAX_CHUNK_DURATION_S,
+    MAX_CONTROL_BURST,
+    MAX_CONTROL_RATE_PER_S,
     MAX_ENDPOINT_SILENCE_MS,
     MAX_FRAME_AUDIO_S,
     MAX_FRAME_BYTES,
@@ -68,8 +70,9 @@ from parakeet_worker.serving.protocol.server_messages import (
 
 __all__ = [
     "ABSENT", "ACTION_ALIASES", "CONFIG_KEYS", "DEFAULT_SAMPLE_RATE_HZ", "ENCODING", "ENCODING_ALIASES",
-    "MAX_CHUNK_DURATION_S", "MAX_ENDPOINT_SILENCE_MS", "MAX_FRAME_AUDIO_S", "MAX_FRAME_BYTES", "MAX_LANGUAGE_CHARS",
-    "MAX_SAMPLE_RATE_HZ", "MIN_ENDPOINT_SILENCE_MS", "MIN_SAMPLE_RATE_HZ", "PCM16_BYTES_PER_SAMPLE",
+    "MAX_CHUNK_DURATION_S", "MAX_CONTROL_BURST", "MAX_CONTROL_RATE_PER_S", "MAX_ENDPOINT_SILENCE_MS",
+    "MAX_FRAME_AUDIO_S", "MAX_FRAME_BYTES", "MAX_LANGUAGE_CHARS", "MAX_SAMPLE_RATE_HZ",
+    "MIN_ENDPOINT_SILENCE_MS", "MIN_SAMPLE_RATE_HZ", "PCM16_BYTES_PER_SAMPLE",
     "PROTOCOL_VERSION", "SERVER_MESSAGES", "START_KEYS", "Action", "ClientMessage", "CloseCode", "Config",
     "ConfigUpdated", "EndReason", "Error", "ErrorCode", "FinalReason", "FinalSource", "Finalize", "Info",
     "InfoRequest", "Limits", "Ping", "Pong", "ProtocolError", "Ready", "ServerMessage", "SessionSettings", "Start",

@@ -11,6 +11,10 @@ from parakeet_worker.transcript import SAMPLE_RATE_HZ
 PROTOCOL_VERSION = "parakeet-stream/1"
 
 # --- bounds -------------------------------------------------------------------------------------------------------
+# One session's control messages (text frames): a token bucket of this rate and burst; more are refused
+# (``rate_limited``) so one client cannot hold the engine's and the loop's time that other sessions need.
+MAX_CONTROL_RATE_PER_S = 20.0
+MAX_CONTROL_BURST = 40
 MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ = 8_000, 48_000
 DEFAULT_SAMPLE_RATE_HZ = SAMPLE_RATE_HZ  # what the engine runs at: no resampling
 ENCODING = "pcm_s16le"
@@ -59,6 +63,13 @@ class ErrorCode(StrEnum):
     MAX_SESSION_LENGTH = "max_session_length"
     ENGINE_ERROR = "engine_error"
     ENGINE_CLOSED = "engine_closed"
+    # The server ends the session (each followed by the utterance's final, ``stopped`` and the close).
+    SERVER_SHUTDOWN = "server_shutdown"
+    CANCELLED = "cancelled"
+    # A final the server could not produce (``stopped`` then carries this code in ``error_code``): never silent.
+    FINAL_UNAVAILABLE = "final_unavailable"
+    STREAM_BACKLOG = "stream_backlog"  # the stream is too far behind: the frame was dropped and not counted
+    RATE_LIMITED = "rate_limited"  # too many control messages or queued finals: the message was refused
 
 
 class CloseCode(IntEnum):

@@ -235,15 +235,20 @@ class Stopped(ServerMessage):
     final_text: str
     audio_seconds: float
     utterances: int
+    error_code: str | None = None  # set when the session lost something, e.g. ``final_unavailable``
 
     def _body(self) -> dict[str, Any]:
-        return {"reason": self.reason, "final_text": self.final_text, "audio_seconds": self.audio_seconds,
-                "utterances": self.utterances}
+        body: dict[str, Any] = {"reason": self.reason, "final_text": self.final_text,
+                                "audio_seconds": self.audio_seconds, "utterances": self.utterances}
+        if self.error_code is not None:
+            body["error_code"] = self.error_code
+        return body
 
     @classmethod
     def _parse(cls, f: Fields, seq: int | None) -> Stopped:
         return cls(seq=seq, reason=f.text("reason"), final_text=f.text("final_text"),
-                   audio_seconds=f.number("audio_seconds"), utterances=f.integer("utterances"))
+                   audio_seconds=f.number("audio_seconds"), utterances=f.integer("utterances"),
+                   error_code=f.opt_text("error_code"))
 
 
 @dataclass(frozen=True, kw_only=True)
