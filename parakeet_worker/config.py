@@ -78,6 +78,12 @@ class Settings:
     max_download_bytes: int | None = None  # PARAKEET_MAX_DOWNLOAD_BYTES
     download_timeout_s: float | None = None  # PARAKEET_DOWNLOAD_TIMEOUT_S
     allow_private_urls: bool | None = None  # PARAKEET_ALLOW_PRIVATE_URLS: allow loopback/private URL targets
+    # Batch jobs' decoded audio and loading (None: JobLimits' default)
+    job_audio_budget_s: float | None = None  # PARAKEET_JOB_AUDIO_BUDGET_S: decoded audio one job holds at once
+    worker_audio_budget_s: float | None = None  # PARAKEET_WORKER_AUDIO_BUDGET_S: all jobs at once; 0 = from memory
+    audio_budget_wait_s: float | None = None  # PARAKEET_AUDIO_BUDGET_WAIT_S: wait for the worker's budget
+    job_decode_concurrency: int | None = None  # PARAKEET_JOB_DECODE_CONCURRENCY: inputs of a job loading at once
+    shutdown_grace_s: float | None = None  # PARAKEET_SHUTDOWN_GRACE_S: after SIGTERM, jobs in flight get this long
     s3: S3Credentials | None = None  # S3_ACCESS_KEY, S3_SECRET_KEY, S3_ENDPOINT, S3_REGION
     # Real-time streaming (None: ServerLimits', StreamingConfig's and EngineOptions' defaults)
     ws_host: str = "0.0.0.0"  # PARAKEET_WS_HOST: interface the WebSocket server listens on
@@ -96,6 +102,7 @@ class Settings:
     # Observability
     log_format: LogFormat = "auto"  # PARAKEET_LOG_FORMAT: auto = JSON lines on RunPod, text elsewhere
     metrics_file: str = "/tmp/parakeet-metrics.jsonl"  # PARAKEET_METRICS_FILE: per-request JSON lines; "off" disables
+    log_transcripts: bool = False  # PARAKEET_LOG_TRANSCRIPTS: debug only; off = transcripts masked in every log line
 
     def metrics_path(self) -> Path | None:
         return None if self.metrics_file.strip().lower() in ("off", "none", "0", "") else Path(self.metrics_file)
@@ -154,6 +161,11 @@ _ENV_NAMES = {
     "max_download_bytes": "PARAKEET_MAX_DOWNLOAD_BYTES",
     "download_timeout_s": "PARAKEET_DOWNLOAD_TIMEOUT_S",
     "allow_private_urls": "PARAKEET_ALLOW_PRIVATE_URLS",
+    "job_audio_budget_s": "PARAKEET_JOB_AUDIO_BUDGET_S",
+    "worker_audio_budget_s": "PARAKEET_WORKER_AUDIO_BUDGET_S",
+    "audio_budget_wait_s": "PARAKEET_AUDIO_BUDGET_WAIT_S",
+    "job_decode_concurrency": "PARAKEET_JOB_DECODE_CONCURRENCY",
+    "shutdown_grace_s": "PARAKEET_SHUTDOWN_GRACE_S",
     "ws_host": "PARAKEET_WS_HOST",
     "ws_port": "PARAKEET_WS_PORT",
     "ws_max_sessions": "PARAKEET_WS_MAX_SESSIONS",
@@ -168,6 +180,7 @@ _ENV_NAMES = {
     "runpod_public_ip": "RUNPOD_PUBLIC_IP",
     "log_format": "PARAKEET_LOG_FORMAT",
     "metrics_file": "PARAKEET_METRICS_FILE",
+    "log_transcripts": "PARAKEET_LOG_TRANSCRIPTS",
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),

@@ -28,6 +28,7 @@ _FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
 # Fixture names that mean a server only in their own module: (module, fixture) -> markers.
 _MODULE_FIXTURE_MARKS: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_audio_utils", "server"): ("socket",),  # the HTTP/S3 stand-in on localhost
+    ("test_handler", "slow_files"): ("socket",),  # a slow HTTP server on localhost
 }
 # Whole modules, and single tests that open a socket without a fixture.
 _MODULE_MARKS: dict[str, tuple[str, ...]] = {

@@ -33,6 +33,7 @@ import itertools
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -649,6 +650,33 @@ def run_worker(
             log.info("worker %d exited with code 0", process.pid)
         else:
             log.warning("worker %d exited with code %s; log tail:\n%s", process.pid, code, worker.log_tail())
+
+
+def data_segment_bytes(pid: int) -> int:
+    """A process's data segment now (``VmData``: heap and private writable mappings, what RLIMIT_DATA counts)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmData:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmData in /proc/{pid}/status")
+
+
+@contextlib.contextmanager
+def memory_headroom(pid: int, headroom_bytes: int) -> Iterator[int]:
+    """Cap a running process's data segment (RLIMIT_DATA, soft) at what it holds now plus ``headroom_bytes``;
+    restore the old cap on exit. Yields the cap.
+
+    An allocation past the cap fails (``MemoryError`` in Python, ENOMEM in C) in that process alone, so a test of
+    bounded memory fails instead of the machine running out. Measured from the process's own size, so it needs no
+    guess of what torch and the model take. Processes it starts afterwards (ffmpeg) inherit the cap.
+    """
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_DATA)
+    cap = data_segment_bytes(pid) + headroom_bytes
+    resource.prlimit(pid, resource.RLIMIT_DATA, (cap, hard))
+    try:
+        yield cap
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            resource.prlimit(pid, resource.RLIMIT_DATA, (soft, hard))
 
 
 WORKER_START_TIMEOUT_S = 420.0  # NeMo import + model load + warm-up of the real worker on a busy 2-core machine

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import dataclasses
 import io
 import re
 import threading
+import time
+import tracemalloc
 from collections.abc import Iterator
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +22,8 @@ import soundfile as sf
 
 from parakeet_worker.config import Settings
 from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
+from parakeet_worker.serving.budget import JobLimits
+from parakeet_worker.serving.options import worker_options
 from parakeet_worker.serving.runpod_handler import TranscriptionService
 from tests.bad_inputs import BAD_AUDIO_INPUTS, BAD_JOB_INPUTS
 
@@ -182,3 +189,150 @@ async def test_info_action(service) -> None:
     assert info["success"] and info["model"] == "parakeet-tdt-test" and info["languages"] == ["en"]
     assert info["parameters"] > 1_000_000 and info["device"] == "cpu"
     assert info["limits"]["max_audio_s"] >= 3 * 3600 and info["limits"]["full_attention_max_s"] > 0
+
+
+# --- load under pressure: the audio budget, the load pool ------------------------------------------------------
+def silence_flac_b64(seconds: float) -> str:
+    """A few kB of FLAC that decode to ``seconds`` of silence (64 kB per second), its length not stated.
+
+    The header's sample count is zeroed, as a streaming encoder leaves it ("unknown"): a decoder cannot refuse it
+    from the header and decodes it until the limit, which is what a hostile request makes the worker hold.
+    """
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(int(seconds * 16_000), np.float32), 16_000, format="FLAC")
+    data = bytearray(buf.getvalue())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first: its 36-bit sample count ends at byte 26
+    data[21] &= 0xF0
+    data[22:26] = bytes(4)
+    return base64.b64encode(bytes(data)).decode()
+
+
+@contextlib.contextmanager
+def service_with(engine: ParakeetEngine, *, max_audio_s: float, concurrency: int = 4,
+                 **jobs: float) -> Iterator[TranscriptionService]:
+    """A service over the shared engine with its own audio limit and job limits (its own budget and pool)."""
+    settings = Settings(model="x.nemo", allow_private_urls=True, download_timeout_s=30, max_audio_s=max_audio_s,
+                        concurrency=concurrency)
+    # (the keyword values are floats here; JobLimits' one int field is never passed)
+    options = dataclasses.replace(worker_options(settings), jobs=JobLimits(**jobs))  # type: ignore[arg-type]
+    service = TranscriptionService(engine, settings, options=options)
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+class SlowFiles:
+    """An HTTP server on a real socket whose answers wait for ``release()``; it counts requests in flight."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.started = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                with owner.lock:
+                    owner.started += 1
+                    owner.in_flight += 1
+                    owner.most_in_flight = max(owner.most_in_flight, owner.in_flight)
+                try:
+                    owner.gate.wait(60)
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(owner.body)))
+                    self.end_headers()
+                    self.wfile.write(owner.body)
+                finally:
+                    with owner.lock:
+                        owner.in_flight -= 1
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    async def wait_started(self, n: int, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.started < n:
+            assert time.monotonic() < deadline, f"only {self.started} of {n} requests reached the server"
+            await asyncio.sleep(0.02)
+
+    def close(self) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def slow_files(heldout_clips) -> Iterator[SlowFiles]:
+    buf = io.BytesIO()
+    sf.write(buf, heldout_clips[1].audio, 16_000, format="FLAC")
+    files = SlowFiles(buf.getvalue())
+    yield files
+    files.close()
+
+
+async def test_refused_inputs_release_their_audio_at_once(service) -> None:
+    """24 tiny inputs each decoding past the limit: what is held at once is a few inputs' audio, not all 24 (a kept
+    exception's traceback holds the frames holding the audio decoded so far)."""
+    limit_s, inputs = 120.0, 24
+    job = {"inputs": [{"audio_base64": silence_flac_b64(limit_s + 30)} for _ in range(inputs)]}
+    with service_with(service.engine, max_audio_s=limit_s) as svc:
+        tracemalloc.start()
+        try:
+            out = await svc.handle({"input": job})
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert svc.audio_budget.used_s == 0.0
+    assert [r["error_code"] for r in out["results"]] == ["audio_too_long"] * inputs, out["results"][0]
+    per_input = limit_s * 64_000
+    assert peak < 10 * per_input, f"{peak / 1e6:.0f} MB traced at peak; one refused input is {per_input / 1e6:.1f} MB"
+
+
+async def test_a_job_holds_at_most_its_audio_budget(service, heldout_clips, offline_text) -> None:
+    """Inputs beyond the job's budget wait for its earlier ones; one longer than the budget is refused."""
+    clips = heldout_clips[:3]
+    job = {"inputs": [{"audio_base64": silence_flac_b64(45)}] + [{"audio_base64": flac_b64(c.audio)} for c in clips]}
+    with service_with(service.engine, max_audio_s=600, job_audio_budget_s=30) as svc:
+        out = await svc.handle({"input": job})
+        assert svc.audio_budget.used_s == 0.0
+    first = out["results"][0]
+    assert first["error_code"] == "audio_budget_exceeded" and "PARAKEET_JOB_AUDIO_BUDGET_S" in first["error"]
+    assert [r["text"] for r in out["results"][1:]] == [offline_text[c.name] for c in clips]
+
+
+async def test_an_input_waits_for_the_worker_budget_then_is_refused_with_overloaded(service, slow_files,
+                                                                                     good_job) -> None:
+    with service_with(service.engine, max_audio_s=60, job_audio_budget_s=60, worker_audio_budget_s=60,
+                      budget_wait_s=1.0) as svc:
+        holder = asyncio.create_task(svc.handle({"input": {"audio_url": f"{slow_files.url}/a.flac"}}))
+        await slow_files.wait_started(1)  # its reservation (60 s: the whole worker budget) is held
+        started = time.monotonic()
+        refused = await svc.handle(good_job[0])
+        assert refused["error_code"] == "overloaded" and "PARAKEET_WORKER_AUDIO_BUDGET_S" in refused["error"]
+        assert 0.9 < time.monotonic() - started < 10
+        slow_files.gate.set()
+        assert (await holder)["success"]
+        await assert_still_serving(svc, good_job)
+        assert svc.audio_budget.used_s == 0.0
+
+
+async def test_slow_urls_of_one_job_do_not_hold_up_another(service, slow_files, good_job) -> None:
+    """One job of 8 URLs that do not answer fills its own share of the load pool (4 at once); another job's input
+    is decoded and transcribed meanwhile."""
+    with service_with(service.engine, max_audio_s=600) as svc:
+        slow = asyncio.create_task(svc.handle({"input": {"inputs": [f"{slow_files.url}/{i}.flac" for i in range(8)]}}))
+        await slow_files.wait_started(4)
+        await assert_still_serving(svc, good_job)
+        assert not slow.done() and slow_files.most_in_flight == 4
+        slow_files.gate.set()
+        out = await asyncio.wait_for(slow, 60)
+    assert [r["success"] for r in out["results"]] == [True] * 8 and slow_files.started == 8

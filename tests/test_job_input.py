@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from parakeet_worker.errors import InputError
@@ -70,3 +72,16 @@ def test_websocket_timeouts_are_bounded_by_the_server_limits() -> None:
 def test_use_local_attention_false_means_full_attention_only() -> None:
     request = parse_job_input({"audio_url": "https://x.test/a.wav", "use_local_attention": False})
     assert isinstance(request, TranscribeRequest) and request.use_local_attention is False
+
+
+@pytest.mark.parametrize("key", ["chunk_duration", "chunk_overlap"])
+@pytest.mark.parametrize("number", [json.loads("1e999"), 10**400, -(10**400)], ids=["1e999", "400 digits", "-400 digits"])
+def test_a_number_too_large_for_a_float_is_an_input_error_naming_the_key(key: str, number: object) -> None:
+    with pytest.raises(InputError, match=f"'{key}'") as info:
+        parse_job_input({"audio_url": "https://x.test/a.wav", "chunk_long_audio": True, key: number})
+    assert len(str(info.value)) < 300  # the 400 digits are not echoed whole
+
+
+def test_a_huge_websocket_timeout_is_an_input_error_naming_the_key() -> None:
+    with pytest.raises(InputError, match="'idle_timeout'"):
+        parse_job_input({"action": "websocket", "idle_timeout": 10**400})

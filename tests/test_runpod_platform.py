@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +22,14 @@ from typing import Any
 
 import pytest
 
-from tests.runpod_platform import FakeRunpodPlatform, JobState, WorkerProcess, run_worker
+from tests.runpod_platform import (
+    FakeRunpodPlatform,
+    JobState,
+    WorkerProcess,
+    data_segment_bytes,
+    memory_headroom,
+    run_worker,
+)
 
 # Worker processes (echo and generator handlers, no model) against the platform stand-in on a localhost port.
 pytestmark = [pytest.mark.worker, pytest.mark.socket]
@@ -242,3 +251,37 @@ def test_generator_exception_fails_the_job_after_its_chunks(stream: Harness) -> 
     assert result["error"].startswith("handler: boom")  # a plain string here, unlike run_job's JSON
     assert stream.platform.stream_chunks(job_id) == ["a"]
     assert stream.platform.state(job_id) is JobState.FAILED
+
+
+_ALLOCATOR = """
+import sys
+for line in sys.stdin:
+    try:
+        block = bytearray(int(line) << 20)
+        print("ok", flush=True)
+        del block
+    except MemoryError:
+        print("MemoryError", flush=True)
+"""
+
+
+def test_memory_headroom_caps_a_running_process_and_restores_its_limit() -> None:
+    """What the memory-bounded worker tests rely on: past the cap an allocation fails in that process alone."""
+    proc = subprocess.Popen([sys.executable, "-c", _ALLOCATOR], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def allocate(mb: int) -> str:
+        proc.stdin.write(f"{mb}\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().strip()
+
+    try:
+        assert allocate(1) == "ok" and data_segment_bytes(proc.pid) > 0
+        with memory_headroom(proc.pid, 64 << 20):
+            assert allocate(16) == "ok"
+            assert allocate(256) == "MemoryError"
+        assert allocate(256) == "ok"
+    finally:
+        proc.kill()
+        proc.wait()

@@ -7,10 +7,12 @@ Unknown keys, wrong types, out-of-range values and ambiguous audio sources are r
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from parakeet_worker.audio import redact_url
 from parakeet_worker.errors import InputError
 from parakeet_worker.serving.ws_grants import ServerLimits
 
@@ -37,7 +39,7 @@ class AudioSource:
     format_hint: str | None = None
 
     def describe(self) -> str:
-        return "base64 audio" if self.kind == "base64" else self.value.split("?", 1)[0]
+        return "base64 audio" if self.kind == "base64" else redact_url(self.value)
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,27 @@ def _seconds(raw: Mapping[str, Any], key: str, low: float, high: float) -> float
     if key not in raw or raw[key] is None:
         return None
     value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InputError(f"'{key}' must be a number of seconds, got {value!r}")
-    if not low <= value <= high:
-        raise InputError(f"'{key}' must be between {low:g} and {high:g} seconds, got {value:g}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"'{key}' must be a number of seconds, got {_shown(value)}")
+    try:
+        seconds = float(value)  # an int of hundreds of digits (JSON allows it) does not fit a float
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise InputError(f"'{key}' must be a finite number of seconds between {low:g} and {high:g}, "
+                         f"got {_shown(value)}")
+    if not low <= seconds <= high:
+        raise InputError(f"'{key}' must be between {low:g} and {high:g} seconds, got {seconds:g}")
+    return seconds
+
+
+def _shown(value: object, max_chars: int = 40) -> str:
+    """A value for an error message, cut short (a 400-digit number or a long string is not echoed whole)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        text = f"an integer of over {sys.get_int_max_str_digits()} digits"
+    return text if len(text) <= max_chars else f"{text[:max_chars]}... ({len(text)} characters)"
 
 
 def _audio_source(item: Mapping[str, Any], where: str, format_hint: str | None) -> AudioSource:

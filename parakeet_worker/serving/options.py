@@ -13,6 +13,7 @@ from parakeet_worker.audio import AudioLimits
 from parakeet_worker.config import Settings
 from parakeet_worker.engine import EngineOptions
 from parakeet_worker.errors import InputError
+from parakeet_worker.serving.budget import JobLimits
 from parakeet_worker.serving.ws_grants import ServerLimits
 from parakeet_worker.streaming import StreamingConfig
 
@@ -24,6 +25,7 @@ class WorkerOptions:
     engine: EngineOptions
     audio: AudioLimits
     server: ServerLimits
+    jobs: JobLimits
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -54,7 +56,12 @@ def worker_options(settings: Settings) -> WorkerOptions:
         raise InputError("PARAKEET_CHUNK_OVERLAP_S must be less than half of PARAKEET_CHUNK_S")
     server = _build(ServerLimits, "WebSocket settings (PARAKEET_WS_*)", max_sessions=s.ws_max_sessions,
                     idle_timeout_s=s.ws_idle_timeout_s, max_session_s=s.ws_max_session_s)
-    return WorkerOptions(engine=engine, audio=audio, server=server)
+    jobs = _build(JobLimits, "job limits (PARAKEET_JOB_AUDIO_BUDGET_S, PARAKEET_WORKER_AUDIO_BUDGET_S, "
+                  "PARAKEET_AUDIO_BUDGET_WAIT_S, PARAKEET_JOB_DECODE_CONCURRENCY, PARAKEET_SHUTDOWN_GRACE_S)",
+                  job_audio_budget_s=s.job_audio_budget_s, worker_audio_budget_s=s.worker_audio_budget_s or None,
+                  budget_wait_s=s.audio_budget_wait_s, job_decode_concurrency=s.job_decode_concurrency,
+                  shutdown_grace_s=s.shutdown_grace_s)
+    return WorkerOptions(engine=engine, audio=audio, server=server, jobs=jobs)
 
 
 def effective_settings(settings: Settings) -> dict[str, Any]:
@@ -72,5 +79,8 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
         stream_step_budget_ms=o.engine.stream_step_budget_s * 1000,
         stream_final_pass_max_s=o.engine.streaming.final_pass_max_s,
         stream_early_final_s=o.engine.stream_early_final_s,
+        job_audio_budget_s=o.jobs.job_audio_budget_s, worker_audio_budget_s=o.jobs.worker_audio_budget_s,
+        audio_budget_wait_s=o.jobs.budget_wait_s, job_decode_concurrency=o.jobs.job_decode_concurrency,
+        shutdown_grace_s=o.jobs.shutdown_grace_s,
     )
     return values
