@@ -255,6 +255,44 @@ def test_finalizes_apply_where_they_were_asked_in_the_audio(engine, heldout_clip
     assert [f.utterance for f in finals] == [0, 1]
 
 
+def _session_finals(engine, recognizer, pieces: list[np.ndarray | str], paced: bool) -> list[tuple[str, str]]:
+    """(reason, text) of the finals of one stream with server endpointing, on a manager whose service() the test
+    calls: ``pieces`` are audio to push or "finalize"; paced, the manager takes each piece as it comes, else it
+    takes the whole session (audio, finalizes and stop) in one inbox."""
+    manager = StreamManager(StreamingRecognizer(recognizer, engine.options.streaming), poke=lambda: None)
+    finals: list[tuple[str, str]] = []
+
+    def on_event(event: StreamEvent) -> None:
+        if event.kind == "final":
+            finals.append((event.reason, event.result.committed_text))
+
+    try:
+        handle = manager.open(on_event, StreamOptions())
+        for piece in pieces:
+            if isinstance(piece, str):
+                handle.finalize()
+            else:
+                handle.push(piece)
+            while paced and manager.service():
+                pass
+        handle.stop()
+        while manager.active:
+            manager.service()
+    finally:
+        manager.close_all()
+    return finals
+
+
+def test_finals_do_not_depend_on_how_fast_the_audio_arrived(engine, recognizer, heldout_clips) -> None:
+    """A fast client's one inbox holds two utterances ended by finalizes, then a pause the VAD ends: whether an
+    utterance had speech is judged at its own end, not after the VAD heard the later endpoint (which lost them)."""
+    first, second = (c.audio[: int(c.audio.shape[0] * 0.7)] for c in heldout_clips[3:5])  # cut mid-speech
+    pieces: list[np.ndarray | str] = [first, "finalize", second, "finalize", pause(1.0)]
+    paced = _session_finals(engine, recognizer, pieces, paced=True)
+    assert [r for r, _ in paced][:2] == ["finalize", "finalize"] and all(t for _, t in paced[:2]), paced
+    assert _session_finals(engine, recognizer, pieces, paced=False) == paced
+
+
 def _measured_manager(engine, recognizer, heldout_clips, step_budget_s: float) -> StreamManager:
     """A manager on its own streaming recognizer (service() called by the test) that has timed one step."""
     manager = StreamManager(StreamingRecognizer(recognizer, engine.options.streaming), poke=lambda: None,

@@ -293,9 +293,13 @@ class StreamManager:
     def _has_speech_to_decode(live: LiveStream, reason: FinalReason) -> bool:
         """A stream that received no audio has nothing to decode: its final is empty (the model is not asked to
         transcribe the flush padding alone, where a model may hallucinate a word). Likewise when the VAD heard no
-        speech since the last endpoint: nothing but silence is left to decode."""
-        return live.state.received > 0 and (reason == "endpoint" or not live.endpointing or live.vad is None
-                                            or live.vad.heard_speech or bool(live.state.words))
+        speech since the last endpoint: nothing but silence is left to decode. The VAD is asked as of the
+        utterance's end: it may have run further, over the later utterances of the same inbox."""
+        if live.state.received <= 0:
+            return False
+        if reason == "endpoint" or not live.endpointing or live.vad is None or live.state.words:
+            return True
+        return live.vad.heard_speech_at(live.samples_before + live.state.received - live.state.padding)
 
     def _end_utterance(self, live: LiveStream, reason: FinalReason, result: StepResult) -> None:
         if reason == "finalize" or result.committed_text:  # nothing heard: no empty final, unless asked

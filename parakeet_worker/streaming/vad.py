@@ -79,6 +79,9 @@ class VadStream:
     frames: int = 0  # frames judged, ever (frame k covers the stream's samples k * 512 ... (k + 1) * 512)
     voiced_at: list[int] = field(default_factory=list, repr=False)  # the latest voiced frames' indices, ascending
     endpoint: bool = False  # set when an utterance just ended; the caller clears it with reset_endpoint()
+    # (frames judged, heard_speech) after each change of heard_speech, ascending: its value at an earlier position
+    # (a fast sender's inbox may hold several utterances; the VAD runs over all of it before the first is flushed)
+    heard_changes: list[tuple[int, bool]] = field(default_factory=list, repr=False)
 
     @property
     def quiet_run_s(self) -> float:
@@ -87,6 +90,23 @@ class VadStream:
 
     def reset_endpoint(self) -> None:
         self.endpoint = False
+
+    def heard_speech_at(self, before_sample: int) -> bool:
+        """``heard_speech`` as it was once the frames wholly before ``before_sample`` (counted from the stream's
+        first sample) were judged — a function of the audio alone, however far past it the VAD has run since."""
+        judged = min(before_sample // FRAME_SAMPLES, self.frames)
+        i = bisect.bisect_right(self.heard_changes, (judged, True))  # changes made by frame ``judged``
+        if i:
+            return self.heard_changes[i - 1][1]
+        # Before the oldest change remembered (or none yet): the value that change replaced.
+        return not self.heard_changes[0][1] if self.heard_changes else self.heard_speech
+
+    def _set_heard(self, heard: bool) -> None:
+        if heard != self.heard_speech:
+            self.heard_speech = heard
+            self.heard_changes.append((self.frames, heard))
+            if len(self.heard_changes) > 2 * _VOICED_KEPT:
+                del self.heard_changes[:-_VOICED_KEPT]
 
     def pause_end(self, before_sample: int, pause_s: float) -> int | None:
         """Where a pause ends that is still on at ``before_sample`` (counted from the stream's first sample): the
@@ -163,7 +183,7 @@ class BatchedVad:
             s.silence_run_s = 0.0
             if not s.in_speech and s.speech_run_s >= cfg.min_speech_s:
                 s.in_speech = True
-                s.heard_speech = True
+                s._set_heard(True)
         elif prob < cfg.threshold - 0.15 or not s.in_speech:
             s.speech_run_s = 0.0
             if s.in_speech:
@@ -172,6 +192,6 @@ class BatchedVad:
                     s.in_speech = False
                     s.silence_run_s = 0.0
                     s.endpoint = True
-                    s.heard_speech = False
+                    s._set_heard(False)
                     return True
         return False
