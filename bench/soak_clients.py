@@ -75,6 +75,13 @@ def as_sent(audio: np.ndarray) -> np.ndarray:
     return np.frombuffer(pcm16(audio), dtype="<i2").astype(np.float32) / 32768.0
 
 
+def sent_pcm(audio: np.ndarray) -> bytes:
+    """The PCM16 frame that the server decodes back to exactly ``audio`` (:func:`as_sent` samples, multiples of
+    1/32768). Not ``pcm16`` again: it scales by 32767 and truncates, so re-encoding would send nearly every sample
+    one step off the audio the judge transcribes, and that can move a VAD frame or change a word."""
+    return np.round(np.asarray(audio, np.float64) * 32768.0).astype("<i2").tobytes()
+
+
 def session_plan(clips: list[Any], seconds: float, rng: random.Random) -> tuple[np.ndarray, list[int]]:
     """Utterances (held-out clips) with pauses, about ``seconds`` long; returns the audio and the sample positions
     after which the client sends ``finalize`` (half the utterances; the server's endpointing ends the others)."""
@@ -147,7 +154,7 @@ async def run_stream_session(platform: FakeRunpodPlatform, session: StreamSessio
             t0 = time.monotonic()
             for k, start in enumerate(range(0, session.audio.shape[0], FRAME_SAMPLES)):
                 await asyncio.sleep(max(0.0, t0 + k * FRAME_S - time.monotonic()))  # absolute schedule
-                await ws.send(pcm16(session.audio[start : start + FRAME_SAMPLES]))
+                await ws.send(sent_pcm(session.audio[start : start + FRAME_SAMPLES]))
                 sent = min(start + FRAME_SAMPLES, session.audio.shape[0])
                 if pending and sent >= pending[0]:
                     session.finalize_at[len(session.finalize_at) - len(pending)] = sent  # where it applies
