@@ -1,7 +1,7 @@
 """Soak: the real worker under mixed hostile and heavy use for D minutes (issue 14's "Done when").
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m bench.soak --minutes 10 --out soak.json
-    .venv/bin/python -m bench.soak --minutes 2            # a short run; tests/test_soak.py runs 60 s in CI
+    .venv/bin/python -m bench.soak --minutes 2            # a short run; bench/test_soak_ci.py is the 60 s check
 
 ``rp_handler.py`` runs the RunPod SDK's real job loop against the local platform stand-in
 (tests/runpod_platform.py) with the committed test model, and at once, until the deadline:
