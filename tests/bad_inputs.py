@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import base64
+import io
 import struct
 from pathlib import Path
+
+import numpy as np
+import soundfile as sf
 
 GOOD_B64 = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAgD4AAAB9AAACABAAZGF0YQAAAAA="  # valid WAV header, zero samples
 
@@ -86,3 +90,18 @@ BAD_AUDIO_INPUTS: list[tuple[str, dict, str]] = [
      "far outside"),
     ("playlist behind id3", {"audio_base64": _PLAYLIST_BEHIND_ID3}, "mp3 data could not be decoded"),
 ]
+
+
+def silence_flac_b64(seconds: float) -> str:
+    """A few kB of FLAC that decode to ``seconds`` of silence (64 kB per second), its length not stated.
+
+    The header's sample count is zeroed, as a streaming encoder leaves it ("unknown"): a decoder cannot refuse it
+    from the header and decodes it until the limit, which is what a hostile request makes the worker hold.
+    """
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(int(seconds * 16_000), np.float32), 16_000, format="FLAC")
+    data = bytearray(buf.getvalue())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first: its 36-bit sample count ends at byte 26
+    data[21] &= 0xF0
+    data[22:26] = bytes(4)
+    return base64.b64encode(bytes(data)).decode()

@@ -25,7 +25,7 @@ from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
 from parakeet_worker.serving.budget import JobLimits
 from parakeet_worker.serving.options import worker_options
 from parakeet_worker.serving.runpod_handler import TranscriptionService
-from tests.bad_inputs import BAD_AUDIO_INPUTS, BAD_JOB_INPUTS
+from tests.bad_inputs import BAD_AUDIO_INPUTS, BAD_JOB_INPUTS, silence_flac_b64
 
 AUDIO = Path(__file__).parent / "assets" / "audio"
 FORMATS = sorted(p.name for p in AUDIO.glob("en_librispeech_2412-153948-0000.*"))
@@ -192,21 +192,6 @@ async def test_info_action(service) -> None:
 
 
 # --- load under pressure: the audio budget, the load pool ------------------------------------------------------
-def silence_flac_b64(seconds: float) -> str:
-    """A few kB of FLAC that decode to ``seconds`` of silence (64 kB per second), its length not stated.
-
-    The header's sample count is zeroed, as a streaming encoder leaves it ("unknown"): a decoder cannot refuse it
-    from the header and decodes it until the limit, which is what a hostile request makes the worker hold.
-    """
-    buf = io.BytesIO()
-    sf.write(buf, np.zeros(int(seconds * 16_000), np.float32), 16_000, format="FLAC")
-    data = bytearray(buf.getvalue())
-    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first: its 36-bit sample count ends at byte 26
-    data[21] &= 0xF0
-    data[22:26] = bytes(4)
-    return base64.b64encode(bytes(data)).decode()
-
-
 @contextlib.contextmanager
 def service_with(engine: ParakeetEngine, *, max_audio_s: float, concurrency: int = 4,
                  **jobs: float) -> Iterator[TranscriptionService]:

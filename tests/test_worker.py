@@ -18,11 +18,11 @@ from functools import partial
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
 from testmodel.heldout import MODEL_PATH, build_long_audio
+from tests.bad_inputs import silence_flac_b64
 from tests.runpod_platform import (
     FakeRunpodPlatform,
     JobState,
@@ -169,21 +169,6 @@ def test_test_input_flag_and_test_input_json(tmp_path, heldout_clips) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
     assert "'success': True" in output and "'timestamps': {'word'" in output  # the SDK prints the output dict
-
-
-def silence_flac_b64(seconds: float) -> str:
-    """A few kB of FLAC that decode to ``seconds`` of silence (64 kB per second), its length not stated.
-
-    The header's sample count is zeroed, as a streaming encoder leaves it ("unknown"): a decoder cannot refuse it
-    from the header and decodes it until the limit, which is what a hostile request makes the worker hold.
-    """
-    buf = io.BytesIO()
-    sf.write(buf, np.zeros(int(seconds * 16_000), np.float32), 16_000, format="FLAC")
-    data = bytearray(buf.getvalue())
-    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first: its 36-bit sample count ends at byte 26
-    data[21] &= 0xF0
-    data[22:26] = bytes(4)
-    return base64.b64encode(bytes(data)).decode()
 
 
 def test_64_inputs_of_long_silence_under_a_memory_cap(worker, heldout_clips) -> None:
