@@ -105,3 +105,32 @@ def silence_flac_b64(seconds: float) -> str:
     data[21] &= 0xF0
     data[22:26] = bytes(4)
     return base64.b64encode(bytes(data)).decode()
+
+
+# Text frames a client may send that the native protocol refuses, with the error code it answers (docs/PROTOCOL.md).
+# Parsed offline by tests/test_protocol.py and sent over a real socket by tests/test_websocket.py.
+BAD_CLIENT_TEXT: list[tuple[str, str]] = [
+    ('not json', 'bad_json'),
+    ('', 'bad_json'),
+    ('[1, 2]', 'bad_message'),
+    ('"start"', 'bad_message'),
+    ('{}', 'bad_message'),
+    ('{"action": 5}', 'bad_message'),
+    ('{"action": "dance"}', 'unknown_action'),
+    ('{"action": "start", "sample_rate": 4000}', 'bad_sample_rate'),
+    ('{"action": "start", "sample_rate": "16000"}', 'bad_sample_rate'),
+    ('{"action": "start", "sample_rate": 96000}', 'bad_sample_rate'),
+    ('{"action": "start", "sample_rate": true}', 'bad_sample_rate'),
+    ('{"action": "start", "volume": 3}', 'bad_message'),
+    ('{"action": "start", "encoding": "opus"}', 'bad_message'),
+    ('{"action": "start", "timestamps": "yes"}', 'bad_message'),
+    ('{"action": "start", "final_pass": "no"}', 'bad_message'),
+    ('{"action": "start", "endpoint_silence_ms": 5}', 'bad_message'),
+    ('{"action": "start", "endpoint_silence_ms": null}', 'bad_message'),
+    ('{"action": "start", "chunk_duration": -1}', 'bad_message'),
+    ('{"action": "start", "chunk_duration": 31}', 'bad_message'),
+    ('{"action": "start", "language": 12}', 'bad_message'),
+    ('{"action": "start", "language": "a-very-long-language"}', 'bad_message'),
+    ('{"action": "config", "sample_rate": 8000}', 'bad_message'),
+    ('{"action": "config", "timestamps": 1}', 'bad_message'),
+]

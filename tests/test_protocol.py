@@ -18,6 +18,7 @@ import pytest
 from parakeet_worker.errors import EngineClosedError, EngineOverloadedError
 from parakeet_worker.serving import protocol as proto
 from parakeet_worker.transcript import WordTiming
+from tests.bad_inputs import BAD_CLIENT_TEXT
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = (REPO / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
@@ -241,34 +242,9 @@ def test_unknown_server_messages_are_kept_and_bad_ones_refused() -> None:
 
 
 # --- bad client messages --------------------------------------------------------------------------------------------
-BAD_TEXT = [
-    ("not json", "bad_json"),
-    ("", "bad_json"),
-    ("[1, 2]", "bad_message"),
-    ('"start"', "bad_message"),
-    ("{}", "bad_message"),
-    ('{"action": 5}', "bad_message"),
-    ('{"action": "dance"}', "unknown_action"),
-    ('{"action": "start", "sample_rate": 4000}', "bad_sample_rate"),
-    ('{"action": "start", "sample_rate": "16000"}', "bad_sample_rate"),
-    ('{"action": "start", "sample_rate": 96000}', "bad_sample_rate"),
-    ('{"action": "start", "sample_rate": true}', "bad_sample_rate"),
-    ('{"action": "start", "volume": 3}', "bad_message"),
-    ('{"action": "start", "encoding": "opus"}', "bad_message"),
-    ('{"action": "start", "timestamps": "yes"}', "bad_message"),
-    ('{"action": "start", "final_pass": "no"}', "bad_message"),
-    ('{"action": "start", "endpoint_silence_ms": 5}', "bad_message"),
-    ('{"action": "start", "endpoint_silence_ms": null}', "bad_message"),
-    ('{"action": "start", "chunk_duration": -1}', "bad_message"),
-    ('{"action": "start", "chunk_duration": 31}', "bad_message"),
-    ('{"action": "start", "language": 12}', "bad_message"),
-    ('{"action": "start", "language": "a-very-long-language"}', "bad_message"),
-    ('{"action": "config", "sample_rate": 8000}', "bad_message"),
-    ('{"action": "config", "timestamps": 1}', "bad_message"),
-]
 
 
-@pytest.mark.parametrize(("frame", "code"), BAD_TEXT)
+@pytest.mark.parametrize(("frame", "code"), BAD_CLIENT_TEXT)
 def test_bad_text_frames_give_the_documented_codes(frame: str, code: str) -> None:
     with pytest.raises(proto.ProtocolError) as err:
         proto.parse(proto.loads(frame))
