@@ -38,6 +38,7 @@ from parakeet_worker.engine.batching import (
     bucket_by_length,
 )
 from parakeet_worker.engine.long_audio import ChunkedJob, local_attention_item
+from parakeet_worker.engine.memory import HeapTrimmer
 from parakeet_worker.engine.options import (
     MIN_AUDIO_S,
     PARAKEET_V3_LANGUAGES,
@@ -115,6 +116,7 @@ class ParakeetEngine:
                                       early_final_s=self.options.stream_early_final_s,
                                       early_pass_recognizer=early_pass_recognizer)
         switch = attention_switch(loaded)
+        self._heap = HeapTrimmer()
         self._batch_runner = InterruptibleRunner("parakeet-batch", carried=[CarriedState(lambda: switch.mode,
                                                                                          switch.set)])
         self._batch_runner.watch(checkpoint_modules(loaded.model))
@@ -300,6 +302,8 @@ class ParakeetEngine:
                 break
             items, stop_after = self._collect(first)
             self._serve(items)
+            if self._queue.empty():  # an idle moment: give the memory of large work back to the system
+                self._heap.maybe_trim()
             if stop_after:
                 break
         self._streams.close_all()
@@ -417,6 +421,7 @@ class ParakeetEngine:
             logger.exception("inference failed")
             group[0].future.set_exception(exc)
             return
+        self._heap.served(sum(i.audio.shape[0] for i in group) / SAMPLE_RATE_HZ)
         for item, transcript in zip(group, transcripts):
             item.future.set_result(Done(transcript, queue_wait_s=now - item.enqueued, batch_size=len(group)))
 
@@ -434,6 +439,7 @@ class ParakeetEngine:
             logger.exception("exclusive inference failed")
             item.future.set_exception(exc)
             return
+        self._heap.served(transcript.duration_s)
         item.future.set_result(Done(transcript, queue_wait_s=waited, batch_size=1))
 
     def _fail_pending(self) -> None:
