@@ -43,6 +43,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import tempfile
 import threading
 import time
@@ -298,9 +299,18 @@ def _rss_report(rss: list[tuple[float, float]], baseline_s: float, killed: list[
     baseline = next((mib for t, mib in rss if t >= baseline_s), rss[-1][1])
     end = rss[-1][1]
     step = max(1, len(rss) // 60)
+    # RSS swings by a gigabyte with what is in flight (a 10-minute file's decode and forward): one sample at minute 2
+    # against one at the end measures the load of those two moments. The growth that tells a leak from a working
+    # set is the median of the minute from the baseline against the median of the last minute.
+    last_t = rss[-1][0]
+    first_window = [m for t, m in rss if baseline_s <= t < baseline_s + 60] or [baseline]
+    last_window = [m for t, m in rss if t > last_t - 60 and t >= baseline_s] or [end]
+    first_med, last_med = statistics.median(first_window), statistics.median(last_window)
     return {"baseline_at_s": baseline_s, "baseline_mib": baseline, "end_mib": end, "peak_mib": max(m for _, m in rss),
-            "growth_pct": round((end - baseline) / baseline * 100, 2), "killed_at_mib": killed[0] if killed else None,
-            "series": rss[::step]}
+            "growth_pct": round((end - baseline) / baseline * 100, 2),
+            "median_first_minute_mib": round(first_med, 1), "median_last_minute_mib": round(last_med, 1),
+            "median_growth_pct": round((last_med - first_med) / first_med * 100, 2),
+            "killed_at_mib": killed[0] if killed else None, "series": rss[::step]}
 
 
 def run_soak(config: SoakConfig, log_dir: Path | None = None) -> dict[str, Any]:
