@@ -22,6 +22,7 @@ from typing import Protocol
 from parakeet_worker.config import Settings
 from parakeet_worker.engine import ParakeetEngine
 from parakeet_worker.observability import Metrics
+from parakeet_worker.serving.batch import BatchService
 from parakeet_worker.serving.protocol import EndReason
 from parakeet_worker.serving.ws_grants import ServerLimits
 
@@ -82,6 +83,9 @@ class FaceContext:
     authorize: Callable[[str | None], bool]  # token -> admitted (constant time; never logs the token)
     ready: Callable[[], bool]  # the model is loaded and warmed
     refused: Callable[[str, str], float]  # (client address, why) -> seconds the address must now wait (back-off)
+    # Batch transcription (uploads, job inputs) for the HTTP faces, shared with the queue handler's jobs; None:
+    # this worker serves none, and the HTTP faces answer 503.
+    batch: BatchService | None = None
 
 
 __all__ = ["FaceContext", "LiveSession", "SessionRegistry", "request_token", "token_digest", "tokens_equal"]
