@@ -97,6 +97,9 @@ class Settings:
     stream_step_budget_ms: float | None = None  # PARAKEET_STREAM_STEP_BUDGET_MS: longest forward; 0 = no split
     stream_final_pass_max_s: float | None = None  # PARAKEET_STREAM_FINAL_PASS_MAX_S: offline finals up to this; 0 = off
     stream_early_final_s: float | None = None  # PARAKEET_STREAM_EARLY_FINAL_S: pause starting the final pass; 0 = off
+    # PARAKEET_API_TOKEN: the token every face accepts standalone (``--token`` wins) and in load-balancing mode;
+    # empty: a generated one. Never logged (a secret-looking variable: masked in every log line).
+    api_token: str = field(default="", repr=False)
     runpod_public_ip: str = ""  # RUNPOD_PUBLIC_IP: set by RunPod when a TCP port is exposed
     runpod_tcp_port: int = 0  # RUNPOD_TCP_PORT_<ws_port>: the public port RunPod maps to ws_port
     # Observability
@@ -171,6 +174,7 @@ _ENV_NAMES = {
     "ws_max_sessions": "PARAKEET_WS_MAX_SESSIONS",
     "ws_idle_timeout_s": "PARAKEET_WS_IDLE_TIMEOUT_S",
     "ws_max_session_s": "PARAKEET_WS_MAX_SESSION_S",
+    "api_token": "PARAKEET_API_TOKEN",
     "stream_left_s": "PARAKEET_STREAM_LEFT_S",
     "stream_chunk_s": "PARAKEET_STREAM_CHUNK_S",
     "stream_right_s": "PARAKEET_STREAM_RIGHT_S",

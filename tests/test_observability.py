@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from parakeet_worker.observability import (
     Metrics,
@@ -26,6 +27,7 @@ from parakeet_worker.observability import (
     percentile,
     setup_logging,
 )
+from parakeet_worker.observability.prometheus import exposition, metrics_registry
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -206,6 +208,54 @@ def test_metrics_never_raise_into_the_caller(tmp_path: Path, caplog: pytest.LogC
     json.loads((tmp_path / "odd.jsonl").read_text())  # still strict JSON (no NaN/Infinity tokens)
 
     assert Metrics(None).record("batch", audio_s=1.0) is None and not Metrics(None).enabled
+
+
+def test_metrics_keep_running_totals_by_face_that_prometheus_reads(tmp_path: Path) -> None:
+    metrics = Metrics(tmp_path / "metrics.jsonl")
+    metrics.record("batch", audio_s=30.0, inference_s=0.2, queue_wait_s=0.003)  # a RunPod job: no face
+    with log_context(face="openai_rest"):  # the app tags each request with the face that serves it
+        tagged = metrics.record("batch", audio_s=5.0, inference_s=0.04, queue_wait_s=0.2)
+        metrics.record("batch", audio_s=0.0, error_code="audio_corrupt")
+    Metrics(None).record("stream", audio_s=99.0, face="native")  # another object's totals are its own
+    metrics.record("stream", audio_s=12.5, face="native")
+    for face in ("native", "native", "deepgram"):
+        metrics.session_opened(face)
+    metrics.session_closed("native")
+    metrics.request("native", "/", 101)
+    metrics.request("native", "/", 401)
+    metrics.request("native", "/", 401)
+    metrics.close()
+    assert tagged is not None and tagged.face == "openai_rest" and metrics.active_sessions() == 2
+    assert "face" not in json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+
+    body, content_type = exposition(metrics_registry(metrics), None)
+    assert content_type.startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+
+    def value(name: str, **labels: str) -> float | None:
+        return samples.get((name, tuple(sorted(labels.items()))))
+
+    assert value("parakeet_sessions_active", face="native") == 1 and value("parakeet_sessions_active",
+                                                                          face="deepgram") == 1
+    assert value("parakeet_sessions_opened_total", face="native") == 2
+    assert value("parakeet_requests_total", face="native", route="/", status="401") == 2
+    assert value("parakeet_audio_seconds_total", face="job") == 30.0
+    assert value("parakeet_audio_seconds_total", face="openai_rest") == 5.0
+    assert value("parakeet_audio_seconds_total", face="native") == 12.5
+    assert value("parakeet_errors_total", face="openai_rest", code="audio_corrupt") == 1
+    assert value("parakeet_finished_total", face="openai_rest", kind="batch", outcome="ok") == 1
+    assert value("parakeet_finished_total", face="openai_rest", kind="batch", outcome="error") == 1
+    # histograms: cumulative buckets (queue wait 0.2 s is above 0.1 and within 0.25), count and sum
+    assert value("parakeet_queue_wait_seconds_bucket", face="openai_rest", le="0.1") == 0
+    assert value("parakeet_queue_wait_seconds_bucket", face="openai_rest", le="0.25") == 1
+    assert value("parakeet_queue_wait_seconds_bucket", face="job", le="0.005") == 1
+    assert value("parakeet_inference_seconds_count", face="job") == 1
+    assert value("parakeet_inference_seconds_sum", face="openai_rest") == pytest.approx(0.04)
+    assert value("parakeet_inference_seconds_bucket", face="openai_rest", le="+Inf") == 1
+
+    openmetrics, kind = exposition(metrics_registry(metrics), "application/openmetrics-text; version=1.0.0")
+    assert kind.startswith("application/openmetrics-text") and openmetrics.rstrip().endswith(b"# EOF")
 
 
 # ---------------------------------------------------------------------------------------------------- report

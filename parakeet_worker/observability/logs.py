@@ -219,5 +219,7 @@ def setup_logging(json_lines: bool | None = None, *, level: int = logging.INFO, 
         for own in other.handlers if isinstance(other, logging.Logger) else ():
             if not any(isinstance(f, RedactFilter) for f in own.filters):
                 own.addFilter(redact_filter)
+    # uvicorn's line per connection ('"WebSocket /?token=…" [accepted]') repeats what the sessions log: warnings only
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     route_runpod_logs(env)
     return handler

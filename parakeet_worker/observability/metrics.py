@@ -1,8 +1,12 @@
-"""Per-request metrics: one JSON line per finished request, appended to a size-rotated file.
+"""Per-request metrics: one JSON line per finished request, appended to a size-rotated file, and running totals.
 
-:class:`Metrics` records kind (``batch`` or ``stream``), audio seconds, queue wait, inference time, RTFx, batch
-size, active sessions and error code. It is thread-safe and never raises into the caller: a metrics failure is
-logged once and counted, the job goes on. :mod:`parakeet_worker.observability.report` summarises the file.
+:class:`Metrics` records kind (``batch`` or ``stream``), the face (protocol) that served it, audio seconds, queue
+wait, inference time, RTFx, batch size, active sessions and error code. It is thread-safe and never raises into
+the caller: a metrics failure is logged once and counted, the job goes on.
+:mod:`parakeet_worker.observability.report` summarises the file. Whether or not there is a file, every record,
+every request the app answers and every session the registry admits also feed the in-memory
+:class:`~parakeet_worker.observability.tallies.Tallies` that ``GET /metrics`` exposes
+(:mod:`~parakeet_worker.observability.prometheus`).
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from parakeet_worker.observability.logs import current_context
+from parakeet_worker.observability.tallies import Tallies
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_METRICS_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_METRICS_BACKUPS = 5
 RequestKind = Literal["batch", "stream"]
+# The face label of a record whose face is not known (a RunPod job is a batch record from outside the app).
+DEFAULT_FACE: dict[str, str] = {"batch": "job", "stream": "unknown"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class RequestRecord:
     error_code: str | None = None  # None: succeeded
     job_id: str | None = None
     session_id: str | None = None
+    face: str | None = None  # the protocol face that served it (native, openai, deepgram, ...); None: a RunPod job
 
     @property
     def ok(self) -> bool:
@@ -64,7 +72,7 @@ class RequestRecord:
             total_s=_opt_float(raw.get("total_s")), rtfx=_opt_float(raw.get("rtfx")),
             batch_size=_opt_int(raw.get("batch_size")), active_sessions=_opt_int(raw.get("active_sessions")),
             error_code=_opt_str(raw.get("error_code")), job_id=_opt_str(raw.get("job_id")),
-            session_id=_opt_str(raw.get("session_id")),
+            session_id=_opt_str(raw.get("session_id")), face=_opt_str(raw.get("face")),
         )
 
 
@@ -119,6 +127,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._warned = False
         self.written = 0
+        self.tallies = Tallies()
         if self.path is None:
             return
         try:
@@ -139,14 +148,14 @@ class Metrics:
     def record(self, kind: RequestKind, *, audio_s: float, inference_s: float | None = None,
                queue_wait_s: float | None = None, total_s: float | None = None, batch_size: int | None = None,
                active_sessions: int | None = None, error_code: str | None = None, job_id: str | None = None,
-               session_id: str | None = None) -> RequestRecord | None:
-        """Append one record; ``job_id`` / ``session_id`` default to the current :func:`log_context`.
+               session_id: str | None = None, face: str | None = None) -> RequestRecord | None:
+        """Append one record; ``job_id`` / ``session_id`` / ``face`` default to the current :func:`log_context`
+        (the app tags each request with its face).
 
-        RTFx is ``audio_s / inference_s``. Returns the record written, or ``None`` when metrics are off or the
-        write failed (a failure is logged once as a warning; the caller is never interrupted).
+        RTFx is ``audio_s / inference_s``. The record counts in :attr:`tallies` whether or not there is a file.
+        Returns the record written, or ``None`` when metrics are off or the write failed (a failure is logged
+        once as a warning; the caller is never interrupted).
         """
-        if self._handler is None:
-            return None
         try:
             context = current_context()
             rtfx = audio_s / inference_s if inference_s and inference_s > 0 and error_code is None else None
@@ -156,21 +165,45 @@ class Metrics:
                 rtfx=_finite(rtfx, 2), batch_size=batch_size, active_sessions=active_sessions,
                 error_code=error_code, job_id=job_id if job_id is not None else context.get("job_id"),
                 session_id=session_id if session_id is not None else context.get("session_id"),
+                face=face if face is not None else context.get("face"),
             )
+            self._tally(rec)
+            if self._handler is None:
+                return None
             return self._write(rec)
         except Exception as exc:  # metrics must never fail a job: log once, count, go on
             self._warn_once(exc)
             return None
 
     def write(self, rec: RequestRecord) -> RequestRecord | None:
-        """Append a ready-made record (never raises)."""
-        if self._handler is None:
-            return None
+        """Append a ready-made record (never raises); it counts in :attr:`tallies` too."""
         try:
+            self._tally(rec)
+            if self._handler is None:
+                return None
             return self._write(rec)
         except Exception as exc:  # see record()
             self._warn_once(exc)
             return None
+
+    # --- the running totals (GET /metrics) ----------------------------------------------------------------------
+    def request(self, face: str, route: str, status: int) -> None:
+        """The app answered a request (a WebSocket handshake too: 101 accepted, or its refusal's status)."""
+        self.tallies.request(face, route, status)
+
+    def session_opened(self, face: str) -> None:
+        self.tallies.session_opened(face)
+
+    def session_closed(self, face: str) -> None:
+        self.tallies.session_closed(face)
+
+    def active_sessions(self) -> int:
+        """Live sessions of every face (opened and not yet closed)."""
+        return self.tallies.active_sessions()
+
+    def _tally(self, rec: RequestRecord) -> None:
+        self.tallies.finished(rec.face or DEFAULT_FACE[rec.kind], rec.kind, audio_s=rec.audio_s,
+                              queue_wait_s=rec.queue_wait_s, inference_s=rec.inference_s, error_code=rec.error_code)
 
     def _write(self, rec: RequestRecord) -> RequestRecord | None:
         assert self._handler is not None

@@ -65,7 +65,8 @@ def worker_options(settings: Settings) -> WorkerOptions:
 
 
 def effective_settings(settings: Settings) -> dict[str, Any]:
-    """Every setting's value in force, by field name: what was set, or the option default an unset one keeps."""
+    """Every setting's value in force, by field name: what was set, or the option default an unset one keeps.
+    A secret shows only whether it is set (``api_token``: ``"<set>"`` or ``""``)."""
     o = worker_options(settings)
     values = {f.name: getattr(settings, f.name) for f in fields(settings)}
     values.update(
@@ -81,6 +82,6 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
         stream_early_final_s=o.engine.stream_early_final_s,
         job_audio_budget_s=o.jobs.job_audio_budget_s, worker_audio_budget_s=o.jobs.worker_audio_budget_s,
         audio_budget_wait_s=o.jobs.budget_wait_s, job_decode_concurrency=o.jobs.job_decode_concurrency,
-        shutdown_grace_s=o.jobs.shutdown_grace_s,
+        shutdown_grace_s=o.jobs.shutdown_grace_s, api_token="<set>" if settings.api_token else "",
     )
     return values

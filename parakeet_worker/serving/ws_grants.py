@@ -1,5 +1,6 @@
-"""Who may open a session, on what terms, and what is left when it ends: limits, grants, summaries, and the
-per-address back-off on refused handshakes (:class:`RefusalGuard`)."""
+"""Who may open a session, on what terms, and what is left when it ends: limits, grants, summaries, the
+per-address back-off on refused handshakes (:class:`RefusalGuard`), and what the native face needs of the server
+that holds them (:class:`GrantBook`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from parakeet_worker.serving.protocol import MAX_FRAME_AUDIO_S, MAX_FRAME_BYTES, EndReason
 
@@ -123,3 +124,26 @@ class RefusalGuard:
             entry.unlogged = 0
         else:
             entry.unlogged += 1
+
+
+@runtime_checkable
+class GrantBook(Protocol):
+    """The server's grants as the native face sees them (the app's server implements it beside
+    :class:`~parakeet_worker.serving.faces.SessionRegistry`). Used on the server's loop only."""
+
+    @property
+    def draining(self) -> bool:
+        """The server is shutting down: new sessions are refused (503)."""
+
+    @property
+    def active_sessions(self) -> int:
+        """Live sessions of every face."""
+
+    def grant_for(self, token: str | None) -> Grant | None:
+        """The live grant of ``token`` (compared in constant time), or ``None``."""
+
+    def blocked_for(self, address: str) -> float:
+        """Seconds ``address`` must still wait after too many refused handshakes (0: not blocked)."""
+
+    def retire(self, grant: Grant) -> None:
+        """The grant's session is over: a single-use grant's token is refused from now on."""

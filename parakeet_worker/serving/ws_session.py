@@ -1,5 +1,9 @@
 """One WebSocket connection: the protocol (docs/PROTOCOL.md) between a client and its stream on the engine.
 
+The session talks to its socket through :class:`Connection` (receive a text or binary message, send text, close
+with a code and reason), which the native face (:mod:`~parakeet_worker.serving.native_face`) implements over the
+app's WebSocket; the session itself knows no web framework.
+
 The asyncio side only moves bytes and messages: audio is resampled to the engine's rate and pushed to the stream,
 the engine's events (on its own thread) come back through the loop as ``transcription`` messages. Every outgoing
 message goes through one queue, numbered in order (``seq``), so a slow reader never reorders or loses them.
@@ -20,12 +24,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import soxr
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from parakeet_worker.audio import pcm16_to_float32
 from parakeet_worker.engine import ParakeetEngine
@@ -59,10 +61,46 @@ def _resampler(rate: int) -> soxr.ResampleStream:
     return soxr.ResampleStream(rate, SAMPLE_RATE_HZ, 1, dtype="float32", quality="HQ")
 
 
-class Session:
-    """One client's session: its protocol state, its stream on the engine and its outgoing queue."""
+class ConnectionGone(Exception):
+    """The client's socket is closed: nothing more can be sent on it."""
 
-    def __init__(self, engine: ParakeetEngine, ws: ServerConnection, grant: Grant, *, metrics: Metrics,
+
+class Connection(Protocol):
+    """The session's socket, whatever serves it."""
+
+    @property
+    def remote_address(self) -> str:
+        """The client's address (for the refusal back-off and the log)."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next message (text or binary), or ``None`` once the connection is closed."""
+
+    async def send_text(self, text: str) -> None:
+        """Send one text message; raises :class:`ConnectionGone` when the socket is closed."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` and ``reason`` (idempotent; never raises)."""
+
+
+# The notice a session gets when the server ends it for a reason the session did not cause.
+_END_NOTICES: dict[EndReason, proto.Error] = {
+    EndReason.SERVER_SHUTDOWN: proto.Error(
+        code=ErrorCode.SERVER_SHUTDOWN,
+        message="the worker is shutting down: the utterance in progress gets its final, then the session stops; "
+                "reconnect to another worker"),
+    EndReason.CANCELLED: proto.Error(
+        code=ErrorCode.CANCELLED,
+        message="the session's job was cancelled: the utterance in progress gets its final, then the session stops"),
+}
+
+
+class Session:
+    """One client's session: its protocol state, its stream on the engine and its outgoing queue. A
+    :class:`~parakeet_worker.serving.faces.LiveSession` of the native face."""
+
+    face = "native"  # the metrics' face label
+
+    def __init__(self, engine: ParakeetEngine, ws: Connection, grant: Grant, *, metrics: Metrics,
                  active_sessions: Callable[[], int]) -> None:
         self.engine = engine
         self.ws = ws
@@ -87,6 +125,7 @@ class Session:
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
         self._ending: asyncio.Task[None] | None = None  # the one task that ends the session (see end())
+        self._closing: asyncio.Task[None] | None = None  # abandon()'s close
         self._control_tokens = float(proto.MAX_CONTROL_BURST)
         self._control_at = self.opened
         self._refused_notice_at = 0.0
@@ -104,20 +143,17 @@ class Session:
             await self._close(watchdog, sender)
 
     async def _receive_loop(self) -> None:
-        try:
-            async for message in self.ws:
-                self.last_activity = time.monotonic()
-                try:
-                    if isinstance(message, bytes):
-                        self._on_audio(message)
-                    elif self._admit_control(message):
-                        await self._on_text(message)
-                except ProtocolError as exc:
-                    self._send(proto.Error.of(exc))
-                if self._ending is not None and self._ending.done():
-                    break
-        except ConnectionClosed:
-            pass
+        while (message := await self.ws.receive()) is not None:
+            self.last_activity = time.monotonic()
+            try:
+                if isinstance(message, bytes):
+                    self._on_audio(message)
+                elif self._admit_control(message):
+                    await self._on_text(message)
+            except ProtocolError as exc:
+                self._send(proto.Error.of(exc))
+            if self._ending is not None and self._ending.done():
+                break
 
     def _admit_control(self, raw: str) -> bool:
         """The per-session token bucket on control messages; past it a message is refused (one ``rate_limited``
@@ -154,21 +190,23 @@ class Session:
             self.handle.abort()
         watchdog.cancel()
         self.outbox.put_nowait(None)
-        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+        with contextlib.suppress(asyncio.CancelledError):
             await sender
         logger.info("session %s closed: %s, %.1f s of audio, %d utterances", self.id, self.reason,
                     self.audio_seconds, len(self.finals))
         self.metrics.record("stream", audio_s=self.audio_seconds, total_s=time.monotonic() - self.opened,
                             session_id=self.id, job_id=self.grant.job_id, active_sessions=self.active_sessions(),
-                            error_code=None if self.reason in NORMAL_ENDS else self.reason.value)
+                            error_code=None if self.reason in NORMAL_ENDS else self.reason.value, face=self.face)
 
     async def end(self, reason: EndReason, notice: proto.Error | None = None) -> None:
-        """End the session (any reason, the client's ``stop`` included): ``notice`` first if given, then the
-        utterance in progress gets its final, ``stopped``, and the socket closes with the reason's code and name.
-        The first call starts the ending in a task of its own and later calls wait for that one, so neither the
-        receive loop's end nor a cancelled caller (the watchdog) can cut it short."""
+        """End the session (any reason, the client's ``stop`` included): ``notice`` first (by default the
+        reason's own: ``server_shutdown``, ``cancelled``), then the utterance in progress gets its final,
+        ``stopped``, and the socket closes with the reason's code and name. The first call starts the ending in a
+        task of its own and later calls wait for that one, so neither the receive loop's end nor a cancelled
+        caller (the watchdog) can cut it short."""
         if self._ending is None:
             self.reason = reason
+            notice = notice or _END_NOTICES.get(reason)
             if notice is not None:
                 self._send(notice)
             self._ending = asyncio.create_task(self._end(reason), name=f"ws-end-{self.id}")
@@ -183,14 +221,19 @@ class Session:
         return self._ending is not None
 
     def abandon(self) -> None:
-        """Give up an ending that overran the server's grace period: the final it waited for is lost (the summary
-        says ``final_unavailable``) and the socket is closed by the server."""
-        if self._ending is None or self._ending.done():
+        """Give up an ending that overran the server's grace period (or never began): the final it waited for is
+        lost (the summary says ``final_unavailable``) and the socket is closed now, with the reason's code."""
+        if self._ending is not None and self._ending.done():
             return
-        self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
+        if self._ending is not None or (self.handle is not None and not self.handle.closed):
+            self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
         if self.handle is not None and not self.handle.closed:
             self.handle.abort()
-        self._ending.cancel()
+        if self._ending is not None:
+            self._ending.cancel()
+        reason = self.reason = self.reason or EndReason.SERVER_SHUTDOWN
+        closing = self.loop.create_task(self.ws.close(reason.close_code, reason.value), name=f"ws-close-{self.id}")
+        self._closing = closing  # referenced until done (the loop keeps only weak references to tasks)
 
     def summary(self) -> SessionSummary:
         return SessionSummary(session_id=self.id, reason=(self.reason or EndReason.DISCONNECT).value,
@@ -238,8 +281,8 @@ class Session:
             if message is None:
                 return
             try:
-                await self.ws.send(json.dumps(message))
-            except ConnectionClosed:
+                await self.ws.send_text(json.dumps(message))
+            except ConnectionGone:
                 return
 
     def _welcome(self) -> proto.Welcome:
@@ -353,7 +396,7 @@ class Session:
                                  error_code=self.error_code))
         self.outbox.put_nowait(None)  # the sender drains what is queued (``stopped`` last), then ends
         if self._sender is not None:  # close only after everything queued went out, even to a slow reader
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, ConnectionClosed):
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._sender), timeout=DRAIN_WAIT_S)
 
     def _final_unavailable(self) -> None:

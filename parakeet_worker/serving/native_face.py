@@ -1,0 +1,133 @@
+"""The native streaming protocol's face (docs/PROTOCOL.md): the WebSocket at ``/``.
+
+The handshake is checked before it is accepted, in this order, each refusal an HTTP answer with a JSON
+``{"error": ...}`` body: the worker is shutting down (503); the client's address was refused too often lately
+(429 with ``Retry-After``, whatever token it sends); no or an unknown token (401: ``?token=`` or
+``Authorization: Bearer``; each counts toward that back-off); a single-use token whose session is used (409); the
+worker is at its session limit (503). An accepted connection is one :class:`~parakeet_worker.serving.ws_session.
+Session`, which this module connects to Starlette's WebSocket (:class:`StarletteConnection`). Tokens are the
+server's grants (a ``websocket`` job's single-use token, the standalone token), which this face reads through
+the server's :class:`~parakeet_worker.serving.ws_grants.GrantBook`.
+
+A plain ``GET /`` (no WebSocket upgrade) is answered 426 with a hint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+
+from parakeet_worker.observability import log_context
+from parakeet_worker.serving.faces import FaceContext, request_token
+from parakeet_worker.serving.ws_grants import Grant, GrantBook
+from parakeet_worker.serving.ws_session import ConnectionGone, Session
+
+logger = logging.getLogger("websocket_handler")
+
+UPGRADE_HINT = ("this is the native streaming protocol's WebSocket endpoint: connect a WebSocket client to "
+                "ws://HOST:PORT/?token=TOKEN (docs/PROTOCOL.md)")
+
+
+class StarletteConnection:
+    """A :class:`~parakeet_worker.serving.ws_session.Connection` over Starlette's (uvicorn's) WebSocket."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+        self._gone = False
+
+    @property
+    def remote_address(self) -> str:
+        return _address_of(self.websocket)
+
+    async def receive(self) -> str | bytes | None:
+        if self._gone:
+            return None
+        message = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            self._gone = True
+            return None
+        text: str | None = message.get("text")
+        if text is not None:
+            return text
+        data: bytes | None = message.get("bytes")
+        return data if data is not None else b""
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self.websocket.send_text(text)
+        except (WebSocketDisconnect, WebSocketDisconnected) as exc:
+            raise ConnectionGone(str(exc)) from None
+
+    async def close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):
+            await self.websocket.close(code, reason)
+
+
+def _address_of(connection: WebSocket | Request) -> str:
+    return connection.client.host if connection.client is not None else "unknown"
+
+
+def _refusal(status: int, error: str, retry_after_s: float | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s is not None else None
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+def routes(ctx: FaceContext) -> list[BaseRoute]:
+    """The native protocol's routes: the WebSocket at ``/`` and the 426 hint for a plain ``GET /``."""
+    book = ctx.sessions
+    if not isinstance(book, GrantBook):
+        raise TypeError("the native face needs the server's grants: its FaceContext.sessions must be a GrantBook "
+                        "(parakeet_worker.serving.ws_server.StreamServer is one)")
+    grants: GrantBook = book
+
+    async def native(websocket: WebSocket) -> None:
+        refusal = _check(ctx, grants, websocket)
+        if isinstance(refusal, JSONResponse):
+            await websocket.send_denial_response(refusal)
+            return
+        grant = refusal
+        session = Session(ctx.engine, StarletteConnection(websocket), grant, metrics=ctx.metrics,
+                          active_sessions=lambda: grants.active_sessions)
+        busy = ctx.sessions.admit(session)
+        if busy is not None:
+            await websocket.send_denial_response(_refusal(503, busy))
+            return
+        grant.used = True
+        grant.sessions.add(session)
+        try:
+            await websocket.accept()
+            with log_context(session_id=session.id, job_id=grant.job_id):
+                await session.run()
+        finally:
+            ctx.sessions.leave(session)
+            grant.sessions.discard(session)
+            grants.retire(grant)
+            grant.finish(session.summary())
+
+    async def upgrade_required(request: Request) -> Response:
+        return JSONResponse({"error": UPGRADE_HINT}, status_code=426, headers={"Upgrade": "websocket"})
+
+    return [WebSocketRoute("/", native, name="native"), Route("/", upgrade_required, methods=["GET"])]
+
+
+def _check(ctx: FaceContext, grants: GrantBook, websocket: WebSocket) -> JSONResponse | Grant:
+    """The handshake's checks (the module's docstring): the grant that admits it, or the refusal to answer."""
+    if grants.draining:
+        return _refusal(503, "this worker is shutting down and takes no new sessions; start another job")
+    address = _address_of(websocket)
+    wait_s = grants.blocked_for(address)
+    if wait_s > 0:
+        return _refusal(429, f"too many refused connections from this address; retry in {wait_s:.0f} s", wait_s)
+    token = request_token(websocket.headers, websocket.query_params)
+    grant = grants.grant_for(token)
+    if grant is None:
+        ctx.refused(address, f"{'no' if not token else 'an unknown'} token")
+        return _refusal(401, "missing or invalid token: pass ?token=<token from the job's ready message>")
+    if grant.used and not grant.multi_use:
+        return _refusal(409, "this token's session is already in use or over")
+    return grant
