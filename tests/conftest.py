@@ -34,9 +34,13 @@ _MODULE_FIXTURE_MARKS: dict[tuple[str, str], tuple[str, ...]] = {
 _MODULE_MARKS: dict[str, tuple[str, ...]] = {
     "test_websocket": ("socket",),
     "test_websocket_ends": ("socket", "model"),
+    "test_app": ("socket", "model"),  # the app on uvicorn over the real engine
     "test_worker_websocket": ("socket", "worker", "model"),
     "test_log_secrets": ("socket", "worker", "model"),  # the real worker and the standalone server, their output
     "test_soak": ("socket", "worker", "model"),  # a minute of mixed hostile load on the real worker
+    "test_openai_rest": ("socket", "model"),  # the OpenAI REST face, driven by the openai SDK
+    "test_openai_realtime": ("socket", "model"),  # the OpenAI Realtime face, driven by the openai SDK
+    "test_deepgram": ("socket", "model"),  # the Deepgram live face, driven by deepgram-sdk
 }
 _TEST_MARKS: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_audio_utils", "test_https_certificate_is_verified"): ("socket",),
