@@ -26,6 +26,7 @@ DEFAULT_MODEL = "nvidia/parakeet-tdt-0.6b-v3"
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 DtypeChoice = Literal["auto", "bfloat16", "float16", "float32"]
 LogFormat = Literal["auto", "json", "text"]
+RunpodMode = Literal["queue", "lb"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,11 @@ class Settings:
     # PARAKEET_API_TOKEN: the token every face accepts standalone (``--token`` wins) and in load-balancing mode;
     # empty: a generated one. Never logged (a secret-looking variable: masked in every log line).
     api_token: str = field(default="", repr=False)
+    # RunPod endpoint type: queue (jobs via /run and /runsync; websocket jobs announce the port) or lb (a
+    # load-balancing endpoint: the app itself on PORT, /ping on PORT_HEALTH, POST /transcribe for batch input)
+    runpod_mode: RunpodMode = "queue"  # PARAKEET_RUNPOD_MODE
+    lb_port: int = 80  # PORT: set by RunPod on load-balancing endpoints
+    lb_health_port: int = 0  # PORT_HEALTH: set by RunPod; 0 = the same as PORT
     runpod_public_ip: str = ""  # RUNPOD_PUBLIC_IP: set by RunPod when a TCP port is exposed
     runpod_tcp_port: int = 0  # RUNPOD_TCP_PORT_<ws_port>: the public port RunPod maps to ws_port
     # Observability
@@ -128,8 +134,9 @@ class Settings:
         if mapped:
             values["runpod_tcp_port"] = _parse("runpod_tcp_port", f"RUNPOD_TCP_PORT_{port}", mapped)
         settings = cls(**values)
-        if not 0 <= settings.ws_port <= 65535:
-            raise InputError("PARAKEET_WS_PORT must be a TCP port number (0 picks a free one)")
+        for name in ("ws_port", "lb_port", "lb_health_port"):
+            if not 0 <= getattr(settings, name) <= 65535:
+                raise InputError(f"{_ENV_NAMES[name]} must be a TCP port number (0 picks a free one)")
         for name in ("max_batch", "concurrency", "max_download_bytes", "ws_max_sessions"):
             value = getattr(settings, name)
             if value is not None and value < 1:
@@ -181,6 +188,9 @@ _ENV_NAMES = {
     "stream_step_budget_ms": "PARAKEET_STREAM_STEP_BUDGET_MS",
     "stream_final_pass_max_s": "PARAKEET_STREAM_FINAL_PASS_MAX_S",
     "stream_early_final_s": "PARAKEET_STREAM_EARLY_FINAL_S",
+    "runpod_mode": "PARAKEET_RUNPOD_MODE",
+    "lb_port": "PORT",
+    "lb_health_port": "PORT_HEALTH",
     "runpod_public_ip": "RUNPOD_PUBLIC_IP",
     "log_format": "PARAKEET_LOG_FORMAT",
     "metrics_file": "PARAKEET_METRICS_FILE",
@@ -190,6 +200,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "dtype": ("auto", "bfloat16", "float16", "float32"),
     "log_format": ("auto", "json", "text"),
+    "runpod_mode": ("queue", "lb"),
 }
 
 

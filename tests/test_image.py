@@ -55,7 +55,7 @@ RUNPOD_GPU_POOLS = ("AMPERE_16", "AMPERE_24", "ADA_24", "AMPERE_48", "ADA_48_PRO
                     "HOPPER_141", "ADA_32_PRO", "BLACKWELL_96", "BLACKWELL_180")
 BLACKWELL_POOLS = ("ADA_32_PRO", "BLACKWELL_96", "BLACKWELL_180")
 # Settings the platform sets, not the user: the public IP of an exposed port, and the volume mount point.
-PLATFORM_SETTINGS = {"RUNPOD_PUBLIC_IP", "RUNPOD_VOLUME"}
+PLATFORM_SETTINGS = {"RUNPOD_PUBLIC_IP", "RUNPOD_VOLUME", "PORT", "PORT_HEALTH"}  # set by RunPod, not by the user
 S3_ENV = ("S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_ENDPOINT", "S3_REGION")
 HUB_INPUT_TYPES = {"string", "number", "boolean", "huggingface"}
 # What the Dockerfile installs beside requirements.txt (the venv test installs the same; a test checks both agree).

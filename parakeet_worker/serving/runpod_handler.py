@@ -31,6 +31,7 @@ from parakeet_worker.config import Settings
 from parakeet_worker.engine import ParakeetEngine
 from parakeet_worker.errors import ModelLoadError, ParakeetError
 from parakeet_worker.observability import Metrics, log_context, setup_logging
+from parakeet_worker.serving import lb
 from parakeet_worker.serving.batch import WORKER_VERSION, BatchService, error_output, job_output
 from parakeet_worker.serving.budget import AudioBudget
 from parakeet_worker.serving.job_input import InfoRequest, TranscribeRequest, WebsocketRequest
@@ -240,8 +241,10 @@ def main() -> None:
     settings = Settings.from_env()
     if settings.log_format != "auto":
         setup_logging(json_lines=settings.log_format == "json")
-    logger.info("parakeet worker %s starting (runpod %s); RunPod environment: %s", WORKER_VERSION,
-                runpod.__version__, _runpod_environment() or "none (running locally)")
+    logger.info("parakeet worker %s starting (runpod %s, %s mode); RunPod environment: %s", WORKER_VERSION,
+                runpod.__version__, settings.runpod_mode, _runpod_environment() or "none (running locally)")
+    if settings.runpod_mode == "lb":  # a load-balancing endpoint: the app on $PORT, no job loop
+        lb.main(settings)
     metrics = Metrics(settings.metrics_path())
     options = worker_options(settings)
     try:

@@ -56,7 +56,7 @@ LISTEN_BACKLOG = 2048
 START_POLL_S = 0.005
 
 
-class _Uvicorn(uvicorn.Server):
+class EmbeddedUvicorn(uvicorn.Server):
     """uvicorn without its signal handlers: the process that embeds the server owns SIGINT and SIGTERM."""
 
     @contextlib.contextmanager
@@ -64,7 +64,7 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen_socket(host: str, port: int) -> socket.socket:
     """A listening socket (``OSError`` when the address is taken or not ours; port 0 picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
@@ -91,7 +91,7 @@ class StreamServer:
         self._sessions: dict[int, tuple[LiveSession, str]] = {}  # id -> (session, its face)
         self._draining = False
         self._refusals = RefusalGuard(self.limits.max_refusals, self.limits.refusal_window_s)
-        self._uvicorn: _Uvicorn | None = None
+        self._uvicorn: EmbeddedUvicorn | None = None
         self._serving: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = settings.ws_port
@@ -101,15 +101,16 @@ class StreamServer:
                                batch=batch)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Listen and serve on the running loop; returns once uvicorn accepts connections."""
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen and serve on the running loop; returns once uvicorn accepts connections. ``sock``: a listening
+        socket to serve instead of binding ``ws_host:ws_port`` (connections already queued on it are served)."""
         self.loop = asyncio.get_running_loop()
-        sock = _listen(self.settings.ws_host, self.settings.ws_port)
+        sock = sock if sock is not None else listen_socket(self.settings.ws_host, self.settings.ws_port)
         config = uvicorn.Config(
             build_app(self.ctx, self._faces), ws="websockets-sansio", ws_max_size=self.limits.max_frame_bytes,
             ws_ping_interval=PING_INTERVAL_S, ws_ping_timeout=PING_TIMEOUT_S, log_config=None, lifespan="off",
             server_header=False, access_log=False, proxy_headers=False, timeout_graceful_shutdown=CLOSE_TIMEOUT_S)
-        server = self._uvicorn = _Uvicorn(config)
+        server = self._uvicorn = EmbeddedUvicorn(config)
         serving = self._serving = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
         while not server.started:
             if serving.done():
