@@ -28,7 +28,7 @@ from typing import Any
 import runpod
 
 from parakeet_worker.config import Settings
-from parakeet_worker.engine import ParakeetEngine
+from parakeet_worker.engine import ParakeetEngine, limit_malloc_arenas
 from parakeet_worker.errors import ModelLoadError, ParakeetError
 from parakeet_worker.observability import Metrics, log_context, setup_logging
 from parakeet_worker.serving import lb
@@ -237,6 +237,7 @@ def _runpod_environment() -> dict[str, str]:
 
 
 def main() -> None:
+    limit_malloc_arenas()  # before the worker's threads allocate: keeps RSS flat under load (engine/memory.py)
     setup_logging()  # JSON lines on RunPod, text locally (replaces the root handler `import runpod` installs)
     settings = Settings.from_env()
     if settings.log_format != "auto":

@@ -19,7 +19,7 @@ import sys
 from dataclasses import replace
 
 from parakeet_worker.config import Settings
-from parakeet_worker.engine import ParakeetEngine
+from parakeet_worker.engine import ParakeetEngine, limit_malloc_arenas
 from parakeet_worker.observability import add_log_secret, setup_logging
 from parakeet_worker.serving.batch import BatchService
 from parakeet_worker.serving.options import worker_options
@@ -67,6 +67,7 @@ async def _serve_standalone(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    limit_malloc_arenas()  # before the server's threads allocate: keeps RSS flat under load (engine/memory.py)
     parser = argparse.ArgumentParser(description="Standalone real-time transcription server (no RunPod needed).")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8765)
