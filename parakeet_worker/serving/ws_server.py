@@ -68,6 +68,11 @@ def listen_socket(host: str, port: int) -> socket.socket:
     """A listening socket (``OSError`` when the address is taken or not ours; port 0 picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+    # Nagle off: asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP, which create_server's (proto
+    # 0) and the connections accepted from them are not; Linux copies the listener's setting to accepted sockets.
+    # With Nagle on, a message written right after another (Realtime's committed, item.added, then the transcript)
+    # waited for the client's ACK, riding on its next audio frame: ~18 ms (bench/faces.py).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setblocking(False)
     return sock
 
