@@ -37,4 +37,19 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$current" ]]; then
   .venv/bin/python -m pip install -q --no-deps "silero-vad==6.2.0"  # the VAD model file only (see requirements.txt)
   echo "$current" > "$stamp"
 fi
+
+# --- .venv-pipecat: the Pipecat client for tests/test_pipecat.py (requirements-pipecat.txt) -------------------
+# A venv of its own: pipecat-ai's pins clash with the worker's .venv. Rebuilt from scratch when the requirements
+# change (about a minute), skipped while its stamp matches.
+pipecat_stamp=.venv-pipecat/.requirements.sha256
+pipecat_current=$(sha256sum requirements-pipecat.txt | cut -d' ' -f1)
+if [[ ! -f $pipecat_stamp || $(cat "$pipecat_stamp") != "$pipecat_current" ]]; then
+  echo "setup: building .venv-pipecat for the Pipecat tests (about a minute)"
+  rm -rf .venv-pipecat
+  $python -m venv .venv-pipecat
+  .venv-pipecat/bin/python -m pip install -q --upgrade pip
+  .venv-pipecat/bin/python -m pip install -q -r requirements-pipecat.txt
+  echo "$pipecat_current" > "$pipecat_stamp"
+fi
+
 echo "setup: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

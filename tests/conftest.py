@@ -42,6 +42,7 @@ _MODULE_MARKS: dict[str, tuple[str, ...]] = {
     "test_openai_realtime": ("socket", "model"),  # the OpenAI Realtime face, driven by the openai SDK
     "test_deepgram": ("socket", "model"),  # the Deepgram live face, driven by deepgram-sdk
     "test_lb": ("socket", "worker", "model"),  # the worker in RunPod load-balancing mode
+    "test_pipecat": ("socket", "model"),  # Pipecat pipelines (.venv-pipecat) against the Deepgram and Realtime faces
 }
 _TEST_MARKS: dict[tuple[str, str], tuple[str, ...]] = {
     ("test_audio_utils", "test_https_certificate_is_verified"): ("socket",),
