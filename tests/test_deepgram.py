@@ -40,15 +40,12 @@ from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
 from parakeet_worker.observability import Metrics
 from parakeet_worker.serving import deepgram_face
 from parakeet_worker.serving.deepgram_messages import (
-    MAX_WORD_S,
     ListenOptions,
-    SpeechMarks,
     parse_listen_params,
     plain_word,
 )
 from parakeet_worker.serving.deepgram_messages import results as dg_results
 from parakeet_worker.serving.ws_grants import ServerLimits
-from parakeet_worker.streaming import StepResult
 from parakeet_worker.transcript import WordTiming
 from tests.faces_server import TOKEN, FacesServer, serve_faces
 from tests.streams import streamed_alone
@@ -161,6 +158,7 @@ def test_interims_finals_and_metadata_through_the_sdk(server, engine, heldout_cl
     assert [r.duration for r in interims] == sorted(r.duration for r in interims)
     assert final.channel_index == [0, 1] and final.metadata.model_info.name == engine.info().model
     assert {r.metadata.request_id for r in results} == {messages[-1].request_id}
+    assert not [m for m in messages if isinstance(m, ListenV1SpeechStarted | ListenV1UtteranceEnd)], "not asked for"
     meta = messages[-1]
     assert isinstance(meta, ListenV1Metadata) and meta.channels == 1
     assert meta.duration == pytest.approx(len(clip) / 16000, abs=0.01)
@@ -244,6 +242,50 @@ def test_endpoints_give_speech_final_with_speech_started_and_utterance_end(serve
     assert kinds.index("SpeechStarted") < first_text
     assert messages.index(finals[0]) < messages.index(ends[0]) < messages.index(starts[1])
     assert messages.index(starts[1]) < messages.index(finals[1]) < messages.index(ends[1])
+
+
+PROMPT_S = 0.5  # a VAD event reaches the client this soon after the audio that decided it
+
+
+def test_speech_started_and_utterance_end_are_prompt_at_real_time_pace(server, heldout_clips,
+                                                                      record_property) -> None:
+    """Audio sent as a microphone would (20 ms frames in real time): SpeechStarted names the speech onset and
+    arrives within PROMPT_S of it, before any interim with text; UtteranceEnd arrives within PROMPT_S of
+    utterance_end_ms of silence after the speech, naming where the speech ended."""
+    clip = speech_only(heldout_clips[6].audio)
+    audio = np.concatenate([np.zeros(16000, np.float32), clip, np.zeros(int(1.6 * 16000), np.float32)])
+    loud = np.nonzero(np.abs(clip) > 0.02)[0]
+    onset_s, end_s = 1.0 + loud[0] / 16000, 1.0 + loud[-1] / 16000
+    data, arrived = pcm16(audio), []
+    with sdk(server).listen.v1.connect(**PIPECAT, vad_events="true", utterance_end_ms=1000, endpointing=300) as conn:
+        started = time.monotonic()
+
+        def microphone() -> None:
+            for i in range(0, len(data), 640):
+                time.sleep(max(0.0, started + i / 32000 - time.monotonic()))
+                conn.send_media(data[i : i + 640])
+
+        sender = threading.Thread(target=microphone)
+        sender.start()
+        while not any(isinstance(m, ListenV1UtteranceEnd) for _, m in arrived):
+            message = receive(conn)
+            arrived.append((time.monotonic() - started, message))
+        sender.join(30)
+        conn.send_close_stream()
+        until_closed(conn)
+    messages = [m for _, m in arrived]
+    (start_at, start), = [(t, m) for t, m in arrived if isinstance(m, ListenV1SpeechStarted)]
+    (end_at, end), = [(t, m) for t, m in arrived if isinstance(m, ListenV1UtteranceEnd)]
+    record_property("speech_started_after_s", round(start_at - onset_s, 3))
+    record_property("utterance_end_after_s", round(end_at - end.last_word_end - 1.0, 3))
+    assert start.timestamp == pytest.approx(onset_s, abs=0.2)
+    assert start_at - onset_s < PROMPT_S, f"SpeechStarted {start_at - onset_s:.2f} s after the speech began"
+    first_text = next(i for i, m in enumerate(messages) if isinstance(m, ListenV1Results) and text_of(m))
+    assert messages.index(start) < first_text
+    assert end.last_word_end == pytest.approx(end_s, abs=0.25)
+    assert end_at - (end.last_word_end + 1.0) < PROMPT_S, "UtteranceEnd came late"
+    final = next(m for m in messages if isinstance(m, ListenV1Results) and m.is_final)
+    assert final.speech_final and messages.index(final) < messages.index(end)  # endpointing=300 comes first
 
 
 # --- the handshake: tokens and query parameters -------------------------------------------------------------------
@@ -419,7 +461,7 @@ def test_idle_sessions_close_like_deepgram_and_keepalive_keeps_them_open(small_s
     assert [r["kind"] for r in _metrics(small_server)] == ["stream"]
 
 
-# --- the pure parts: query parameters, words, when SpeechStarted / UtteranceEnd are due ----------------------------
+# --- the pure parts: query parameters, words -------------------------------------------------------------------
 def test_query_parameters_map_onto_the_session_options() -> None:
     options = parse_listen_params({"encoding": "mulaw", "sample_rate": "8000", "interim_results": "TRUE",
                                    "endpointing": "10", "utterance_end_ms": "1000", "vad_events": "true",
@@ -442,28 +484,3 @@ def test_words_have_deepgram_plain_and_punctuated_forms() -> None:
                                     metadata={"request_id": "r", "model_info": {}, "model_uuid": "u"}))
     words = results["channel"]["alternatives"][0]["words"]
     assert [(w["word"], w["punctuated_word"]) for w in words] == [("hi", "Hi"), ("there", "there.")]
-
-
-def _step(words: tuple[WordTiming, ...], draft: str, end_s: float) -> StepResult:
-    text = " ".join(w.word for w in words)
-    return StepResult(stream_id="s", committed_text=text, new_words=(), draft_text=draft,
-                      committed_until_s=words[-1].end if words else 0.0, audio_end_s=end_s, final=False, words=words)
-
-
-def test_utterance_end_after_a_silent_result_or_just_before_the_next_speech() -> None:
-    first = (WordTiming("one", 0.2, 0.5), WordTiming("two", 0.6, 0.9))
-    marks = SpeechMarks(vad_events=True, utterance_end_ms=1000)
-    assert [json.loads(m)["type"] for m in marks.partial(0, _step(first[:1], "two", 1.0), 0.0)] == ["SpeechStarted"]
-    assert marks.partial(0, _step(first, "", 1.8), 0.0) == [], "0.9 s after the last word: not yet"
-    (end,) = marks.partial(0, _step(first, "", 1.95), 0.0)
-    assert json.loads(end) == {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 0.9}
-    assert marks.partial(0, _step(first, "", 3.0), 0.0) == [], "one UtteranceEnd per silence"
-    # the next utterance's speech shows up before any silent result did: the gap's UtteranceEnd comes first
-    marks = SpeechMarks(vad_events=False, utterance_end_ms=1000)
-    marks.final(0, _step(first, "", 1.2), 0.0)
-    late = marks.final(1, _step((WordTiming("three", 2.0, 2.3),), "", 2.6), 1.2)
-    assert [json.loads(m) for m in late] == [{"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 0.9}]
-    # a first word stretched over the silence before it counts from MAX_WORD_S before its end
-    marks = SpeechMarks(vad_events=True, utterance_end_ms=None)
-    (started,) = marks.final(0, _step((WordTiming("how", 4.16, 5.84),), "", 6.0), 4.16)
-    assert json.loads(started)["timestamp"] == pytest.approx(5.84 - MAX_WORD_S)

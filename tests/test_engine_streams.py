@@ -14,7 +14,16 @@ from parakeet_worker.config import Settings
 from parakeet_worker.engine import EngineOptions, ParakeetEngine, TranscribeOptions
 from parakeet_worker.errors import EngineClosedError, InputError
 from parakeet_worker.serving.options import worker_options
-from parakeet_worker.streaming import StreamEvent, StreamingRecognizer, StreamManager, StreamOptions
+from parakeet_worker.streaming import (
+    BatchedVad,
+    EndpointConfig,
+    StreamEvent,
+    StreamingRecognizer,
+    StreamManager,
+    StreamOptions,
+    VadStream,
+)
+from parakeet_worker.streaming.vad import SpeechTurns
 from tests.streams import pause_end, streamed_alone
 
 NO_VAD = StreamOptions(endpointing=False)
@@ -475,3 +484,92 @@ def test_engine_close_fails_unfinished_batch_work_after_its_grace_period(loaded_
     with pytest.raises(EngineClosedError):
         queued.result(timeout=10)
 
+
+
+# --- speech events from the VAD (StreamOptions.vad_events) --------------------------------------------------------
+EVENT_LATENCY_S = 0.4  # from the audio being pushed to its speech event: min_speech_s, a 32 ms frame, one round
+
+
+def loud_span(audio: np.ndarray) -> tuple[float, float]:
+    """Seconds to the clip's first and last sample above -34 dBFS: where its speech really starts and ends."""
+    loud = np.nonzero(np.abs(audio) > 0.02)[0]
+    return loud[0] / 16000, loud[-1] / 16000
+
+
+def test_speech_events_give_the_onset_at_once_and_the_pause_before_its_final(engine, heldout_clips) -> None:
+    """A clip after 1 s of silence, pushed at real-time pace: speech_start names the clip's onset (within 0.2 s)
+    and arrives within EVENT_LATENCY_S of that audio, before any partial; one speech_stop names where the speech
+    ended and comes right before the endpoint's final. A stream that did not ask gets no such event, and the same
+    text."""
+    clip = heldout_clips[6].audio
+    audio = np.concatenate([np.zeros(16000, np.float32), clip, pause(1.0)])
+    onset_s, end_s = (1.0 + t for t in loud_span(clip))
+    flagged, put = collect()
+    plain, put_plain = collect()
+    handles = [engine.open_stream(put, StreamOptions(vad_events=True)), engine.open_stream(put_plain, StreamOptions())]
+    started = time.monotonic()
+    for i in range(0, len(audio), 320):  # 20 ms frames, in real time
+        time.sleep(max(0.0, started + i / 16000 - time.monotonic()))
+        for handle in handles:
+            handle.push(audio[i : i + 320])
+    for handle in handles:
+        handle.stop()
+    seen, plain_seen = until(flagged, "closed"), until(plain, "closed")
+    kinds = [e.kind for e in seen if e.kind != "partial"]
+    assert kinds == ["speech_start", "speech_stop", "final", "closed"], kinds
+    start, stop, final = (e for e in seen if e.kind in ("speech_start", "speech_stop", "final"))
+    assert start.utterance == stop.utterance == final.utterance == 0 and final.reason == "endpoint"
+    assert start.at_s == pytest.approx(onset_s, abs=0.2)
+    assert start.emitted_at - (started + onset_s) < EVENT_LATENCY_S, "speech_start came late"
+    assert seen.index(start) < min(i for i, e in enumerate(seen) if e.kind == "partial")
+    assert stop.at_s == pytest.approx(end_s, abs=0.25)
+    silence_s = StreamOptions().endpoint.silence_s
+    assert stop.emitted_at - (started + stop.at_s + silence_s) < EVENT_LATENCY_S, "speech_stop came late"
+    assert not [e for e in plain_seen if e.kind.startswith("speech")], "events nobody asked for"
+    assert [e.result.committed_text for e in plain_seen if e.kind == "final"] == [final.result.committed_text]
+
+
+def test_speech_turns_follow_the_endpointer_or_their_own_stop_silence() -> None:
+    """Frame by frame (the VAD's probabilities given): a turn starts on the frame where the endpointer opens an
+    utterance, at the first frame of its speech run, and stops on the endpoint's frame, at the first silent frame;
+    with a stop silence of its own it stops after that much silence, and speech after it is a new turn even while
+    the endpointer's utterance goes on."""
+    config = EndpointConfig(silence_s=0.6)  # 19 frames of 32 ms
+    probs = [0.1] * 5 + [0.9] * 10 + [0.0] * 12 + [0.9] * 4 + [0.0] * 25
+
+    def turns(stop_s: float | None) -> tuple[list[tuple[bool, int, int]], list[int]]:
+        stream = VadStream(config=config, turns=SpeechTurns(stop_s=stop_s))
+        ends = [stream.frames for p in probs if BatchedVad._advance(stream, p)]
+        return [(c.started, c.frame, c.judged) for c in stream.turns.found], ends
+
+    found, ends = turns(None)
+    assert ends == [31 + 19]  # the 12-frame gap is no endpoint; the silence after frame 31 is
+    assert found == [(True, 5, 8), (False, 31, 31 + 19)], "one turn, ending on the endpoint's frame"
+    found, ends = turns(0.3)  # 10 frames
+    assert ends == [31 + 19]
+    assert found == [(True, 5, 8), (False, 15, 25), (True, 27, 30), (False, 31, 41)]
+    assert VadStream(config=config).turns is None
+    with pytest.raises(ValueError, match="speech_stop_s"):
+        StreamOptions(vad_events=True, speech_stop_s=0.0)
+
+
+def test_speech_events_of_a_fast_senders_inbox_name_their_own_utterance(engine, recognizer, heldout_clips) -> None:
+    """Two utterances reach the scheduler in one inbox: each one's speech_start and speech_stop come before its own
+    final and name its utterance, in audio order, as when the audio arrives in real time."""
+    manager = StreamManager(StreamingRecognizer(recognizer, engine.options.streaming), poke=lambda: None)
+    seen: list[StreamEvent] = []
+    try:
+        handle = manager.open(seen.append, StreamOptions(vad_events=True))
+        first, second = heldout_clips[3].audio, heldout_clips[5].audio
+        handle.push(np.concatenate([pause(0.5), first, pause(1.0), second, pause(1.0, seed=1)]))
+        handle.stop()
+        while manager.active:
+            manager.service()
+    finally:
+        manager.close_all()
+    marks = [(e.kind, e.utterance) for e in seen if e.kind != "partial"]
+    assert marks == [("speech_start", 0), ("speech_stop", 0), ("final", 0), ("speech_start", 1), ("speech_stop", 1),
+                     ("final", 1), ("closed", 2)], marks
+    starts = [e.at_s for e in seen if e.kind == "speech_start"]
+    assert starts[0] == pytest.approx(0.5 + loud_span(first)[0], abs=0.2)
+    assert starts[1] == pytest.approx(0.5 + first.shape[0] / 16000 + 1.0 + loud_span(second)[0], abs=0.2)

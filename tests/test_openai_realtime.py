@@ -26,6 +26,7 @@ from parakeet_worker.serving.realtime_events import (
     RealtimeRequestError,
     SessionConfig,
     StablePrefix,
+    Track,
     parse_session_update,
 )
 from parakeet_worker.serving.ws_grants import ServerLimits
@@ -213,6 +214,56 @@ async def test_sdk_server_vad_gives_speech_events_and_an_item_per_utterance(serv
     assert started[0]["audio_start_ms"] < stopped[0]["audio_end_ms"] <= first_end_ms + 1500
     assert stopped[0]["audio_end_ms"] <= started[1]["audio_start_ms"] < stopped[1]["audio_end_ms"]
     assert started[1]["audio_start_ms"] >= first_end_ms - 500, "the second utterance starts after the first"
+
+
+PROMPT_S = 0.5  # a VAD event reaches the client this soon after the audio that decided it
+
+
+async def test_sdk_speech_started_and_stopped_are_prompt_at_real_time_pace(server, heldout_clips,
+                                                                          record_property) -> None:
+    """Appends at real-time pace (20 ms each, as a microphone gives them): speech_started arrives within PROMPT_S
+    of the speech onset and before any delta, its audio_start_ms the onset less prefix_padding_ms; speech_stopped
+    arrives within PROMPT_S of the endpoint (silence_duration_ms into the pause), its audio_end_ms where the speech
+    ended; then the item is committed and completed."""
+    clip = heldout_clips[6].audio
+    clip = clip[: int(np.nonzero(np.abs(clip) > 0.02)[0][-1]) + 1600]  # without its quiet tail
+    loud = np.nonzero(np.abs(clip) > 0.02)[0]
+    onset_s, end_s = 1.0 + loud[0] / 16000, 1.0 + loud[-1] / 16000
+    frames = frames_of(np.concatenate([np.zeros(16000, np.float32), clip, np.zeros(16000, np.float32)]))
+    client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key=TOKEN)
+    loop = asyncio.get_running_loop()
+    arrived: list[tuple[float, dict[str, Any]]] = []
+    async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        assert (await conn.recv()).type == "session.created"
+        await conn.session.update(session={"type": "transcription", "audio": {"input": {"turn_detection": {
+            "type": "server_vad", "silence_duration_ms": 500, "prefix_padding_ms": 300}}}})
+        assert (await conn.recv()).type == "session.updated"
+        started = loop.time()
+
+        async def microphone() -> None:
+            for k, frame in enumerate(frames):
+                await asyncio.sleep(max(0.0, started + k * FRAME_S - loop.time()))
+                await conn.input_audio_buffer.append(audio=b64(frame))
+
+        sender = asyncio.create_task(microphone())
+        recv = sdk_recv(conn)
+        while not arrived or arrived[-1][1]["type"] != COMPLETED:
+            event = await asyncio.wait_for(recv(), 60)
+            arrived.append((loop.time() - started, event))
+        await sender
+    kinds = [e["type"] for _, e in arrived if e["type"] != DELTA]
+    assert kinds == ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+                     "input_audio_buffer.committed", "conversation.item.added", COMPLETED], kinds
+    (start_at, start), (stop_at, stop) = [(t, e) for t, e in arrived if e["type"].startswith("input_audio_buffer.sp")]
+    record_property("speech_started_after_s", round(start_at - onset_s, 3))
+    record_property("speech_stopped_after_s", round(stop_at - stop["audio_end_ms"] / 1000 - 0.5, 3))
+    assert (start["audio_start_ms"] + 300) / 1000 == pytest.approx(onset_s, abs=0.2)
+    assert start_at - onset_s < PROMPT_S, f"speech_started {start_at - onset_s:.2f} s after the speech began"
+    deltas = [t for t, e in arrived if e["type"] == DELTA]
+    assert deltas and start_at < deltas[0]
+    assert stop["audio_end_ms"] / 1000 == pytest.approx(end_s, abs=0.25)
+    assert stop_at - (stop["audio_end_ms"] / 1000 + 0.5) < PROMPT_S, "speech_stopped came late"
+    assert start["item_id"] == stop["item_id"] == arrived[-1][1]["item_id"] and arrived[-1][1]["transcript"]
 
 
 async def test_wrong_or_missing_keys_are_refused_with_401(server) -> None:
@@ -465,3 +516,22 @@ def test_stable_prefix_sends_only_words_that_held_and_the_final_rest() -> None:
     assert revised.final("a b see") == "" and revised.revised  # .completed carries the final text anyway
     whole = StablePrefix()
     assert whole.final("one two") == "one two" and whole.final("one two") == ""
+
+
+def test_speech_events_announce_an_item_once_and_stop_only_a_started_one(engine) -> None:
+    """The VAD's speech start announces the utterance's item once (audio_start_ms: session time of the onset less
+    the prefix padding, not before the previous item's audio ended); a stop names only an item it started."""
+    handle = engine.open_stream(lambda event: None, SessionConfig().stream_options())
+    assert handle.options.vad_events and not SessionConfig(turn_detection=None).stream_options().vad_events
+    track = Track(handle=handle, vad=True, prefix_ms=300, offset_ms=2000.0, last_end_s=1.0)
+    started = track.speech(True, 0, 1.5)
+    assert started is not None and started["type"] == "input_audio_buffer.speech_started"
+    assert started["audio_start_ms"] == 2000 + 1500 - 300 and started["item_id"] == track.items[0].id
+    assert track.speech(True, 0, 1.7) is None, "one speech_started per item"
+    assert track.speech(True, 1, 1.1)["audio_start_ms"] == 2000 + 1000, "not before the previous item ended"
+    assert track.speech(False, 2, 3.0) is None, "no item started: no speech_stopped"
+    stopped = track.speech(False, 0, 3.0)
+    assert stopped == {"type": "input_audio_buffer.speech_stopped", "item_id": track.items[0].id,
+                       "audio_end_ms": 5000}
+    assert track.speech(False, 0, 3.5) is None
+    handle.abort()

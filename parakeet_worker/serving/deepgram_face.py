@@ -161,7 +161,6 @@ class DeepgramSession:
         self._sha = hashlib.sha256()
         self._carry = b""  # linear16: the odd byte of a frame, completed by the next frame's first byte
         self._window_start = 0.0  # where the current utterance's Results window starts (the last final's end)
-        self.marks = dg.SpeechMarks(vad_events=options.vad_events, utterance_end_ms=options.utterance_end_ms)
         self._sender: asyncio.Task[None] | None = None
         self._ending: asyncio.Task[None] | None = None  # the one task that ends the session (see end())
         self._closer: asyncio.Task[None] | None = None
@@ -173,8 +172,15 @@ class DeepgramSession:
     # --- lifecycle ----------------------------------------------------------------------------------------------
     def open_stream(self) -> str | None:
         """Open the engine stream; None, or why it cannot be opened (the handshake is refused with 503)."""
-        options = StreamOptions(endpointing=self.options.endpointing,
-                                endpoint=EndpointConfig(silence_s=self.options.endpoint_silence_ms / 1000))
+        o = self.options
+        # SpeechStarted and UtteranceEnd are the VAD's speech starts and stops; with utterance_end_ms a speech turn
+        # stops after that much silence (at least 100 ms, as endpointing), so each SpeechStarted is paired with one
+        # UtteranceEnd; without it a turn stops at the endpoint.
+        endpoint = EndpointConfig(silence_s=o.endpoint_silence_ms / 1000)
+        stop_ms = None if o.utterance_end_ms is None else max(o.utterance_end_ms, dg.MIN_ENDPOINT_MS)
+        options = StreamOptions(endpointing=o.endpointing, endpoint=endpoint,
+                                vad_events=o.vad_events or stop_ms is not None,
+                                speech_stop_s=None if stop_ms is None else stop_ms / 1000)
         try:
             self.handle = self.ctx.engine.open_stream(self._on_engine_event, options, stream_id=f"dg-{self.id}")
         except ParakeetError as exc:
@@ -452,24 +458,28 @@ class DeepgramSession:
                 text += f"; audio dropped: {event.error.dropped_s:.3f} s"
             self._send(dg.error("EngineError", text, code=getattr(event.error, "code", ErrorCode.ENGINE_ERROR)))
             return
+        if event.kind == "speech_start":  # the VAD heard speech begin (asked for with vad_events)
+            if self.options.vad_events and event.at_s is not None:
+                self._send(dg.speech_started(event.at_s))
+            return
+        if event.kind == "speech_stop":  # utterance_end_ms of silence after speech (asked for with utterance_end_ms)
+            if self.options.utterance_end_ms is not None and event.at_s is not None:
+                self._send(dg.utterance_end(event.at_s))
+            return
         if event.result is None:
             return
         if event.kind == "partial":
-            self._on_partial(event.utterance, event.result)
+            self._on_partial(event.result)
         else:
             self._on_final(event.utterance, event.reason, event.result)
 
-    def _on_partial(self, utterance: int, result: StepResult) -> None:
-        for message in self.marks.partial(utterance, result, self._window_start):
-            self._send(message)
+    def _on_partial(self, result: StepResult) -> None:
         if self.options.interim_results:
             self._send(dg.results(transcript=result.text, words=result.words, start=self._window_start,
                                   end=result.audio_end_s, is_final=False, speech_final=False, from_finalize=False,
                                   metadata=self.result_meta))
 
     def _on_final(self, utterance: int, reason: str, result: StepResult) -> None:
-        for message in self.marks.final(utterance, result, self._window_start):
-            self._send(message)
         text = result.committed_text
         if text:
             self.utterances += 1

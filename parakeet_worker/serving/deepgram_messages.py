@@ -15,7 +15,7 @@ from typing import Any
 
 from parakeet_worker.audio.live import MAX_LIVE_RATE_HZ, MIN_LIVE_RATE_HZ, LiveEncoding
 from parakeet_worker.errors import InputError
-from parakeet_worker.streaming import EndpointConfig, StepResult
+from parakeet_worker.streaming import EndpointConfig
 from parakeet_worker.transcript import WordTiming
 
 # Deepgram's ``encoding`` names -> the live decoder's; anything else (opus, flac, containers) is refused.
@@ -27,7 +27,6 @@ MAX_TEXT_MESSAGE_CHARS = 4096  # a control message is a few dozen bytes; longer 
 MAX_ECHO_CHARS = 256  # how much of an unparseable message an Error echoes back
 MODEL_ARCH = "parakeet-tdt"
 MODEL_VERSION = "parakeet-worker"
-MAX_WORD_S = 1.0  # a longer word is taken to start this long before its end (see SpeechMarks)
 RESULTS_CHANNEL_INDEX = (0, 1)  # channel 0 of 1, as Deepgram writes it
 SPEECH_STARTED_CHANNEL = (0,)
 _WORD_EDGE_PUNCTUATION = "\"'`.,;:!?()[]{}<>«»“”‘’…-–—"
@@ -63,8 +62,8 @@ class ListenOptions:
     interim_results: bool = False
     endpointing: bool = True  # ``endpointing=false``: no server endpointing, finals on Finalize/CloseStream only
     endpoint_silence_ms: int = DEFAULT_ENDPOINT_MS
-    utterance_end_ms: int | None = None  # ``UtteranceEnd`` after this much audio without a word
-    vad_events: bool = False  # ``SpeechStarted`` messages
+    utterance_end_ms: int | None = None  # ``UtteranceEnd`` after this much silence after speech (the VAD's)
+    vad_events: bool = False  # ``SpeechStarted`` messages (the VAD's speech starts)
     model: str = ""  # what the client asked for; echoed in the log only
 
     @property
@@ -202,11 +201,13 @@ def results(*, transcript: str, words: Sequence[WordTiming], start: float, end: 
 
 
 def speech_started(timestamp: float) -> str:
+    """``SpeechStarted``: the VAD heard speech begin at ``timestamp`` seconds from the stream's start."""
     return json.dumps({"type": "SpeechStarted", "channel": list(SPEECH_STARTED_CHANNEL),
                        "timestamp": round(max(0.0, timestamp), 3)})
 
 
 def utterance_end(last_word_end: float) -> str:
+    """``UtteranceEnd``: ``utterance_end_ms`` of silence followed the speech that ended at ``last_word_end``."""
     return json.dumps({"type": "UtteranceEnd", "channel": list(RESULTS_CHANNEL_INDEX),
                        "last_word_end": round(last_word_end, 3)})
 
@@ -216,80 +217,6 @@ def metadata(*, request_id: str, sha256: str, created: str, duration: float, mod
     return json.dumps({"type": "Metadata", "transaction_key": "deprecated", "request_id": request_id,
                        "sha256": sha256, "created": created, "duration": round(duration, 3), "channels": 1,
                        "models": [model.uuid], "model_info": {model.uuid: model.to_json()}})
-
-
-@dataclass
-class SpeechMarks:
-    """When a session's ``SpeechStarted`` (``vad_events``) and ``UtteranceEnd`` (``utterance_end_ms``) are due,
-    judged from the words and text of the engine's results; each call returns the messages to send before that
-    result's own ``Results``.
-
-    Speech starts with the first result of an utterance that has text, at its first word's start (or, before any
-    word of it is timed, where the result's draft begins: within one chunk). ``UtteranceEnd`` goes out once
-    ``utterance_end_ms`` of audio passed after the last word: with the first result that shows the gap with nothing
-    heard in it, or, when the next speech shows up first, just before that speech (late, but in order). A word
-    longer than ``MAX_WORD_S`` is taken to start that long before its end: a final pass can stretch an
-    utterance's first word over the silence before it."""
-
-    vad_events: bool
-    utterance_end_ms: int | None
-    speaking: int = -1  # the last utterance whose speech start was seen (and announced, with vad_events)
-    last_word_end: float | None = None  # the end of the latest word heard ...
-    utterance_end_sent: bool = True  # ... and whether its UtteranceEnd went out
-
-    def partial(self, utterance: int, result: StepResult, window_start: float) -> list[str]:
-        out = self._heard(result.words)
-        if result.text:
-            start = _start(result.words[0]) if result.words else result.committed_until_s
-            out += self._speech(utterance, max(start, window_start))
-        if not result.draft_text and self._gap_after_last_word(result.audio_end_s):  # nothing heard since
-            out.append(self._utterance_end())
-        return out
-
-    def final(self, utterance: int, result: StepResult, window_start: float) -> list[str]:
-        out = self._heard(result.words)
-        if result.committed_text:
-            out += self._speech(utterance, max(_start(result.words[0]) if result.words else 0.0, window_start))
-        return out
-
-    def _speech(self, utterance: int, start: float) -> list[str]:
-        """The speech of a new utterance starts at ``start``: the gap before it may be an ``UtteranceEnd``."""
-        if utterance <= self.speaking:
-            return []
-        self.speaking = utterance
-        out = [self._utterance_end()] if self._gap_after_last_word(start) else []
-        if self.vad_events:
-            out.append(speech_started(start))
-        return out
-
-    def _heard(self, words: Sequence[WordTiming]) -> list[str]:
-        """A word starting after the last recorded end is new speech: after a long enough gap, that gap's
-        ``UtteranceEnd`` comes first. A final's revised timing of words already heard is not new speech."""
-        if not words:
-            return []
-        out: list[str] = []
-        last, previous = words[-1], self.last_word_end
-        if previous is None or last.start >= previous:
-            first_new = next(w for w in words if w.start >= previous) if previous is not None else last
-            if self._gap_after_last_word(_start(first_new)):
-                out.append(self._utterance_end())
-            self.last_word_end, self.utterance_end_sent = last.end, False
-        elif not self.utterance_end_sent:
-            self.last_word_end = max(previous, last.end)
-        return out
-
-    def _gap_after_last_word(self, until_s: float) -> bool:
-        return (self.utterance_end_ms is not None and self.last_word_end is not None and not self.utterance_end_sent
-                and until_s - self.last_word_end >= self.utterance_end_ms / 1000)
-
-    def _utterance_end(self) -> str:
-        assert self.last_word_end is not None
-        self.utterance_end_sent = True
-        return utterance_end(self.last_word_end)
-
-
-def _start(word: WordTiming) -> float:
-    return max(word.start, word.end - MAX_WORD_S)
 
 
 def error(variant: str, description: str, *, code: str | None = None, message: str | None = None) -> str:
@@ -319,7 +246,6 @@ def handshake_error(err_code: str, err_msg: str, request_id: str) -> dict[str, s
 
 __all__ = [
     "ENCODINGS", "ClientMessageError", "Control", "ListenOptions", "ListenParamError", "ModelInfo",
-    "SpeechMarks",
     "configure_failure", "error", "handshake_error", "metadata", "parse_control", "parse_listen_params",
     "plain_word", "results", "results_metadata", "speech_started", "utterance_end",
 ]

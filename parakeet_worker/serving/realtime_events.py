@@ -116,7 +116,7 @@ class SessionConfig:
     def stream_options(self) -> StreamOptions:
         if self.turn_detection is None:
             return StreamOptions(endpointing=False)
-        return StreamOptions(endpointing=True, endpoint=self.turn_detection.endpoint())
+        return StreamOptions(endpointing=True, endpoint=self.turn_detection.endpoint(), vad_events=True)
 
     @property
     def interim_deltas(self) -> bool:
@@ -434,6 +434,7 @@ class Item:
     stable: StablePrefix = field(default_factory=StablePrefix)
     announced: bool = False  # an event named it (the client knows it)
     started: bool = False  # speech_started was sent
+    stopped: bool = False  # ... and speech_stopped
     committed: bool = False
 
 
@@ -464,6 +465,28 @@ class Track:
     @property
     def open_utterance(self) -> int:
         return self.next_utterance + self.commits
+
+    def item(self, utterance: int) -> Item:
+        if utterance not in self.items:
+            self.items[utterance] = Item()
+        return self.items[utterance]
+
+    def speech(self, started: bool, utterance: int, at_s: float) -> Event | None:
+        """The event of a speech start or stop the VAD found at ``at_s`` (stream seconds), if any: a start announces
+        the utterance's item (``audio_start_ms``: the onset less the prefix padding, not before the last item's
+        audio ended); a stop is a started item's endpoint (its final follows; not an item a commit completed)."""
+        at_ms = self.offset_ms + at_s * 1000
+        if started:
+            item = self.item(utterance)
+            if item.started:
+                return None
+            item.started = item.announced = True
+            return speech_started(item.id, int(max(self.offset_ms + self.last_end_s * 1000, at_ms - self.prefix_ms)))
+        stopped = self.items.get(utterance)
+        if stopped is None or not stopped.started or stopped.stopped:
+            return None
+        stopped.stopped = True
+        return speech_stopped(stopped.id, int(at_ms))
 
 
 __all__ = [

@@ -321,7 +321,7 @@ class RealtimeSession:
             raise RealtimeRequestError(str(exc), code="rate_limited") from None
         except EngineClosedError as exc:
             raise RealtimeRequestError(str(exc), code="engine_closed", error_type="server_error") from None
-        item = self._item(track, track.open_utterance)
+        item = track.item(track.open_utterance)
         track.commits += 1
         self.uncommitted = False
         self._commit_item(item)
@@ -351,24 +351,11 @@ class RealtimeSession:
         self.uncommitted = False
 
     # --- items --------------------------------------------------------------------------------------------------
-    def _item(self, track: Track, utterance: int) -> Item:
-        item = track.items.get(utterance)
-        if item is None:
-            item = track.items[utterance] = Item()
-        return item
-
     def _commit_item(self, item: Item) -> None:
         item.committed = item.announced = True
         self._emit(ev.committed(item.id, self.last_item))
         self._emit(ev.item_added(item.id, self.last_item, self.dialect))
         self.last_item = item.id
-
-    def _speech_started(self, track: Track, item: Item, result: StepResult) -> None:
-        start_s = result.words[0].start if result.words else track.last_end_s
-        start_ms = track.offset_ms + max(track.last_end_s, start_s) * 1000 - track.prefix_ms
-        floor_ms = track.offset_ms + track.last_end_s * 1000
-        item.started = item.announced = True
-        self._emit(ev.speech_started(item.id, int(max(floor_ms, start_ms))))
 
     # --- engine events (handed over from the engine's thread) ----------------------------------------------------
     def _on_engine_event(self, event: StreamEvent) -> None:
@@ -388,6 +375,10 @@ class RealtimeSession:
             self._emit(ev.error_event(text, code=code))
         elif track.cut is not None and event.utterance >= track.cut:
             return  # cleared audio
+        elif event.kind in ("speech_start", "speech_stop"):
+            said = track.speech(event.kind == "speech_start", event.utterance, event.at_s or 0.0) if track.vad else None
+            if said is not None:
+                self._emit(said)
         elif event.result is not None and event.kind == "partial":
             self._partial(track, event.utterance, event.result)
         elif event.result is not None:
@@ -396,23 +387,17 @@ class RealtimeSession:
     def _partial(self, track: Track, utterance: int, result: StepResult) -> None:
         if not result.text:
             return
-        item = self._item(track, utterance)
-        if track.vad and not item.started:
-            self._speech_started(track, item, result)
+        item = track.item(utterance)
         piece = item.stable.partial(result.committed_text) if self.config.interim_deltas else ""
         if piece:
             item.announced = True
             self._emit(ev.delta(item.id, piece))
 
     def _final(self, track: Track, utterance: int, result: StepResult, reason: str) -> None:
-        item = self._item(track, utterance)
+        item = track.item(utterance)
         track.next_utterance = utterance + 1
         if reason == "finalize":
             track.commits = max(0, track.commits - 1)
-        if reason == "endpoint" and track.vad:
-            if not item.started:
-                self._speech_started(track, item, result)
-            self._emit(ev.speech_stopped(item.id, int(track.offset_ms + result.audio_end_s * 1000)))
         if not item.committed:
             self._commit_item(item)
         transcript = result.committed_text

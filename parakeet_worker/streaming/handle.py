@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EventKind = Literal["partial", "final", "closed", "error"]
+EventKind = Literal["partial", "final", "closed", "error", "speech_start", "speech_stop"]
 MAX_QUEUED_FINALIZE = 4  # finalize requests a stream may have waiting for the scheduler; more are refused
 FinalReason = Literal["endpoint", "finalize", "stop"]
 
@@ -37,6 +37,14 @@ class StreamOptions:
     endpointing: bool = True  # server VAD ends utterances on silence
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     final_pass: bool = True  # finals are one offline pass over the utterance (may revise committed partial words)
+    # speech_start / speech_stop events from the VAD (its threshold and min_speech_s are ``endpoint``'s), and a
+    # final for every utterance that had a speech_start, empty or not:
+    vad_events: bool = False
+    speech_stop_s: float | None = None  # clear silence after speech that is a speech_stop (None: the endpoint's)
+
+    def __post_init__(self) -> None:
+        if self.speech_stop_s is not None and not 0 < self.speech_stop_s <= 60:
+            raise ValueError(f"speech_stop_s must be within 0..60 s, got {self.speech_stop_s}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,10 @@ class StreamEvent:
     result: StepResult | None = None  # partial/final: the utterance's text, words and audio offsets
     reason: str = ""  # final: endpoint | finalize | stop; closed: stop | abort | engine_closed | error
     error: Exception | None = None
+    # speech_start: where the speech began; speech_stop: where it ended (the pause began). Seconds from the
+    # stream's first sample, on the VAD's 32 ms frames; the event itself comes once the VAD has judged the frame
+    # that decided it (speech_start: min_speech_s into the speech; speech_stop: the stop silence into the pause).
+    at_s: float | None = None
     emitted_at: float = field(default_factory=time.monotonic)
 
 
@@ -144,6 +156,7 @@ class LiveStream:
     samples_before: int = 0  # samples of the earlier (finished) utterances
     early_speech: int = 0  # the VAD's speech-frame count when the stream's last early final pass ran ...
     early_voiced: int = 0  # ... and its voiced-frame count (any voice since discards the pass)
+    spoke: int = -1  # the latest utterance that had a speech_start event (it gets a final, even an empty one)
     last_step: float = 0.0  # monotonic time of its last step: the longest-waiting streams step first
 
     @property

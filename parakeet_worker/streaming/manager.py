@@ -5,9 +5,10 @@ engine's worker thread between batch-job groups; the asyncio side only calls :cl
 
 One service call, in phases: take every stream's inbox → VAD over the new audio (all streams batched) → accept the
 audio utterance by utterance, with one batched flush of the finals after each (streams that hit an endpoint or
-asked for a final) → a slice of early final pass (:mod:`.early_pass`, for the streams whose speaker just paused)
-→ partial steps for every stream with a chunk ready (one batched forward per group); when the last call left
-streams with a chunk ready (the CPU is saturated), their steps come before any early pass.
+asked for a final; the speech starts and stops the VAD found go out before it, to the streams that asked) → a
+slice of early final pass (:mod:`.early_pass`, for the streams whose speaker just paused) → partial steps for
+every stream with a chunk ready (one batched forward per group); when the last call left streams with a chunk
+ready (the CPU is saturated), their steps come before any early pass.
 
 Steps are cut into groups whose forward fits ``step_budget_s`` (from a running estimate of the seconds one window
 costs), and a client's ``finalize``/``stop`` waiting in an inbox ends the round early: a final waits for at most
@@ -38,7 +39,7 @@ from parakeet_worker.streaming.handle import (
 )
 from parakeet_worker.streaming.recognizer import StreamingRecognizer
 from parakeet_worker.streaming.types import StepResult, StreamBacklogError, StreamGeometry, StreamStats
-from parakeet_worker.streaming.vad import BatchedVad, VadUnavailableError
+from parakeet_worker.streaming.vad import FRAME_SAMPLES, BatchedVad, SpeechTurns, VadUnavailableError
 from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,18 @@ def utterance_parts(audio: np.ndarray, endpoints: list[int], finalize_at: list[i
     if start < audio.shape[0] or stop or not parts:
         parts.append((audio[start:], "stop" if stop else None))
     return parts
+
+
+def _turn_bounds(live: LiveStream, parts: list[Part]) -> list[int]:
+    """Where each of the stream's new parts ends, counted like the VAD's frames: in samples from the stream's
+    first sample (the VAD has just taken all of the new audio)."""
+    assert live.vad is not None
+    bound = live.vad.frames * FRAME_SAMPLES + live.vad.pending.shape[0] - sum(a.shape[0] for a, _ in parts)
+    bounds = []
+    for audio, _ in parts:
+        bound += audio.shape[0]
+        bounds.append(bound)
+    return bounds
 
 
 class StreamManager:
@@ -97,15 +110,17 @@ class StreamManager:
         sid = stream_id or f"s{next(self._ids)}"
         state = self.streamer.new_stream(sid, final_pass=opts.final_pass)
         early = self.early_final_s > 0 and state.final_pass
-        if (opts.endpointing or early) and self._vad is None:
+        needed = opts.endpointing or opts.vad_events  # these need a VAD; early passes use one when there is one
+        if (needed or early) and self._vad is None:
             try:
                 self._vad = BatchedVad()  # loads silero's ONNX model once (a few ms); raises when it is missing
             except VadUnavailableError:
-                if opts.endpointing:
+                if needed:
                     raise
                 early = False  # no VAD: finals are computed at the end, as without early passes
         handle = StreamHandle(self, sid, opts)
-        vad = self._vad.new_stream(opts.endpoint) if (opts.endpointing or early) and self._vad else None
+        turns = SpeechTurns(stop_s=opts.speech_stop_s) if opts.vad_events else None
+        vad = self._vad.new_stream(opts.endpoint, turns) if (needed or early) and self._vad else None
         live = LiveStream(handle=handle, on_event=on_event, state=state, vad=vad, endpointing=opts.endpointing)
         with self._lock:
             if sid in self._live:
@@ -203,9 +218,15 @@ class StreamManager:
 
     def _accept_utterances(self, parts: list[tuple[LiveStream, list[Part]]]) -> None:
         """Part k of every stream is accepted in round k, and the streams whose part ends an utterance are flushed
-        together before the next round."""
+        together before the next round. The speech events the VAD found in a part go out before that flush (so
+        they name the utterance they belong to, and a speech_stop precedes its endpoint's final)."""
         rounds = max((len(p) for _, p in parts), default=0)
+        speaking = [(live, p, _turn_bounds(live, p)) for live, p in parts
+                    if live.vad is not None and live.vad.turns is not None and live.vad.turns.found]
         for r in range(rounds):
+            for live, stream_parts, bounds in speaking:
+                if r < len(stream_parts) and not live.handle.closed:
+                    self._speech_events(live, bounds[r] if r + 1 < len(stream_parts) else None)
             finals: list[tuple[LiveStream, FinalReason]] = []
             for live, stream_parts in parts:
                 if r >= len(stream_parts) or live.handle.closed:
@@ -301,8 +322,22 @@ class StreamManager:
             return True
         return live.vad.heard_speech_at(live.samples_before + live.state.received - live.state.padding)
 
+    @staticmethod
+    def _speech_events(live: LiveStream, until: int | None) -> None:
+        """The speech starts and stops the VAD found in the stream's audio up to sample ``until`` (None: all)."""
+        assert live.vad is not None and live.vad.turns is not None
+        found = live.vad.turns.found
+        taken = len(found) if until is None else sum(1 for change in found if change.found_at <= until)
+        for change in found[:taken]:
+            if change.started:
+                live.spoke = live.utterance
+            live.emit(StreamEvent(live.stream_id, "speech_start" if change.started else "speech_stop",
+                                  live.utterance, at_s=change.at_s))
+        del found[:taken]
+
     def _end_utterance(self, live: LiveStream, reason: FinalReason, result: StepResult) -> None:
-        if reason == "finalize" or result.committed_text:  # nothing heard: no empty final, unless asked
+        # Nothing heard: no empty final, unless asked for (a finalize) or announced (a speech_start event).
+        if reason == "finalize" or result.committed_text or live.spoke == live.utterance:
             live.emit(StreamEvent(live.stream_id, "final", live.utterance, result=result, reason=reason))
             live.utterance += 1
         if reason == "stop":

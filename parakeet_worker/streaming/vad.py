@@ -6,7 +6,8 @@ ourselves so that many streams run as one batch per 32 ms frame, each stream car
 
 An :class:`Endpointer` turns frame probabilities into utterance boundaries: speech starts after
 ``min_speech_s`` above ``threshold``; the utterance ends once ``silence_s`` of frames stayed below
-``threshold - 0.15`` (hysteresis, as silero's own iterator does).
+``threshold - 0.15`` (hysteresis, as silero's own iterator does). A stream that asked for speech events also keeps
+:class:`SpeechTurns`: where its speech starts and stops, found on the same frames at no extra model cost.
 """
 
 from __future__ import annotations
@@ -61,6 +62,56 @@ class EndpointConfig:
             raise ValueError(f"endpoint silence must be within 0.1..10 s, got {self.silence_s}")
 
 
+@dataclass(frozen=True)
+class TurnChange:
+    """A speech turn started (or stopped) at ``frame``; the VAD found it once ``judged`` frames were judged."""
+
+    started: bool
+    frame: int  # speech start: the first frame of the speech run; stop: the first frame after the speech
+    judged: int  # frames judged when it was found: the change is known from sample judged * FRAME_SAMPLES on
+
+    @property
+    def at_s(self) -> float:
+        """Where the change happened, in seconds from the stream's first sample."""
+        return self.frame * FRAME_S
+
+    @property
+    def found_at(self) -> int:
+        """The stream sample up to which the VAD had judged the audio when it found the change."""
+        return self.judged * FRAME_SAMPLES
+
+
+@dataclass
+class SpeechTurns:
+    """Where a stream's speech starts and stops, for its speech events (kept only by streams that ask for them).
+
+    A turn starts where the endpointer's speech run began, on the frame where that run reaches ``min_speech_s``;
+    it stops where the speech ended, on the frame where the clearly silent frames after it reach ``stop_s`` (None:
+    on the endpointer's endpoint, so a stop and an endpoint fall on the same frame). One change per transition."""
+
+    stop_s: float | None = None
+    talking: bool = False
+    last_speech: int = -1  # the latest frame at or above threshold
+    quiet: int = 0  # clearly silent frames since it
+    found: list[TurnChange] = field(default_factory=list)  # changes not yet taken by the scheduler, in order
+
+    def advance(self, s: VadStream, prob: float, ended: bool) -> None:
+        """One frame (already counted in ``s.frames``), after the endpointer's update; ``ended``: it ended an
+        utterance."""
+        cfg = s.config
+        if prob >= cfg.threshold:
+            self.last_speech, self.quiet = s.frames - 1, 0
+            if not self.talking and s.speech_run_s >= cfg.min_speech_s:
+                self.talking = True
+                self.found.append(TurnChange(True, s.frames - round(s.speech_run_s / FRAME_S), s.frames))
+            return
+        if prob < cfg.threshold - 0.15:
+            self.quiet += 1
+        if self.talking and (ended if self.stop_s is None else self.quiet * FRAME_S >= self.stop_s - 1e-9):
+            self.talking = False
+            self.found.append(TurnChange(False, self.last_speech + 1, s.frames))
+
+
 @dataclass
 class VadStream:
     """One stream's VAD state: the model's recurrent state, unconsumed samples and the endpointer's counters."""
@@ -82,6 +133,7 @@ class VadStream:
     # (frames judged, heard_speech) after each change of heard_speech, ascending: its value at an earlier position
     # (a fast sender's inbox may hold several utterances; the VAD runs over all of it before the first is flushed)
     heard_changes: list[tuple[int, bool]] = field(default_factory=list, repr=False)
+    turns: SpeechTurns | None = None  # speech starts and stops, for a stream that asked for speech events
 
     @property
     def quiet_run_s(self) -> float:
@@ -135,8 +187,8 @@ class BatchedVad:
                                                      providers=["CPUExecutionProvider"])
         self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
 
-    def new_stream(self, config: EndpointConfig | None = None) -> VadStream:
-        return VadStream(config=config or EndpointConfig())
+    def new_stream(self, config: EndpointConfig | None = None, turns: SpeechTurns | None = None) -> VadStream:
+        return VadStream(config=config or EndpointConfig(), turns=turns)
 
     def process(self, streams: Sequence[VadStream], audio: Sequence[np.ndarray]) -> list[list[int]]:
         """Append each stream's new samples (float32, 16 kHz) and advance its endpointer frame by frame.
@@ -177,6 +229,7 @@ class BatchedVad:
             s.voiced_at.append(s.frames - 1)
             if len(s.voiced_at) > 2 * _VOICED_KEPT:
                 del s.voiced_at[:-_VOICED_KEPT]
+        ended = False
         if prob >= cfg.threshold:
             s.speech_frames += 1
             s.speech_run_s += FRAME_S
@@ -193,5 +246,7 @@ class BatchedVad:
                     s.silence_run_s = 0.0
                     s.endpoint = True
                     s._set_heard(False)
-                    return True
-        return False
+                    ended = True
+        if s.turns is not None:
+            s.turns.advance(s, prob, ended)
+        return ended
