@@ -573,3 +573,26 @@ def test_speech_events_of_a_fast_senders_inbox_name_their_own_utterance(engine, 
     starts = [e.at_s for e in seen if e.kind == "speech_start"]
     assert starts[0] == pytest.approx(0.5 + loud_span(first)[0], abs=0.2)
     assert starts[1] == pytest.approx(0.5 + first.shape[0] / 16000 + 1.0 + loud_span(second)[0], abs=0.2)
+
+
+def test_the_silence_before_a_finalize_does_not_end_the_next_utterance(engine, heldout_clips) -> None:
+    """A client finalizes after a pause, then its next turn starts with a little silence: the endpointer starts
+    afresh at the finalize, so the old pause and the new silence together (0.4 + 0.3 s, past the 0.6 s endpoint)
+    do not end the next utterance at once with a final made of that silence."""
+    events, put = collect()
+    handle = engine.open_stream(put, StreamOptions())
+    first, second = heldout_clips[1].audio, heldout_clips[3].audio
+    first = first[: int(loud_span(first)[1] * 16000)]
+    second = second[int(loud_span(second)[0] * 16000):]
+    handle.push(np.concatenate([first, pause(0.4)]))
+    handle.finalize()
+    assert until(events, "final")[-1].reason == "finalize"
+    turn = np.concatenate([pause(0.3, seed=1), second, pause(1.5, seed=2)])
+    for i in range(0, turn.size, 1600):  # the next turn at real-time pace: the VAD judges it as it arrives
+        handle.push(turn[i:i + 1600])
+        time.sleep(0.1)
+    finals = [e for e in until(events, "final") if e.kind == "final"]
+    assert len(finals) == 1 and finals[0].reason == "endpoint", [(e.reason, e.result.text) for e in finals]
+    assert finals[0].result.committed_text == streamed_alone(engine, turn), finals[0].result.committed_text
+    handle.abort()
+    until(events, "closed")

@@ -39,12 +39,25 @@ from parakeet_worker.streaming.handle import (
 )
 from parakeet_worker.streaming.recognizer import StreamingRecognizer
 from parakeet_worker.streaming.types import StepResult, StreamBacklogError, StreamGeometry, StreamStats
-from parakeet_worker.streaming.vad import FRAME_SAMPLES, BatchedVad, SpeechTurns, VadUnavailableError
+from parakeet_worker.streaming.vad import FRAME_SAMPLES, BatchedVad, SpeechTurns, VadStream, VadUnavailableError
 from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
 logger = logging.getLogger(__name__)
 
 Part = tuple[np.ndarray, FinalReason | None]  # audio of one utterance, and how it ends (None: it goes on)
+
+
+def _vad_pieces(inbox: Inbox) -> list[tuple[int, int, bool]]:
+    """(start, end, ends at a finalize) of an inbox's audio cut at its finalizes."""
+    pieces: list[tuple[int, int, bool]] = []
+    start = 0
+    for at in sorted(set(inbox.finalize_at)):
+        at = min(max(at, 0), inbox.audio.shape[0])
+        pieces.append((start, at, True))
+        start = at
+    if start < inbox.audio.shape[0] or not pieces:
+        pieces.append((start, inbox.audio.shape[0], False))
+    return pieces
 
 
 def utterance_parts(audio: np.ndarray, endpoints: list[int], finalize_at: list[int], stop: bool) -> list[Part]:
@@ -205,16 +218,30 @@ class StreamManager:
     def _detect_endpoints(self, taken: list[tuple[LiveStream, Inbox]]) -> dict[int, list[int]]:
         """The VAD over the new audio of every stream that has one (one batch): where utterances end, for streams
         with endpointing (keyed by ``id(live)``); voice after an early final pass discards the pass."""
-        with_vad = [(live, inbox.audio) for live, inbox in taken if live.vad is not None and inbox.audio.size]
+        with_vad: list[tuple[LiveStream, Inbox, VadStream]] = []
+        for live, inbox in taken:
+            if live.vad is not None and (inbox.audio.size or inbox.finalize_at):
+                with_vad.append((live, inbox, live.vad))
         if not with_vad:
             return {}
         assert self._vad is not None  # a stream has a VadStream only once the BatchedVad exists
-        found = self._vad.process([live.vad for live, _ in with_vad if live.vad is not None],
-                                  [audio for _, audio in with_vad])
-        for live, _ in with_vad:  # voice after an early final pass: the final must hear it
+        # The VAD runs piece by piece between a stream's finalizes (one batch per piece index; most inboxes hold
+        # one piece): at each finalize the endpointer restarts where the client ended the utterance.
+        pieces = [_vad_pieces(inbox) for _, inbox, _ in with_vad]
+        found: list[list[int]] = [[] for _ in with_vad]
+        for k in range(max(len(p) for p in pieces)):
+            rows = [i for i, p in enumerate(pieces) if k < len(p)]
+            cuts = self._vad.process([with_vad[i][2] for i in rows],
+                                     [with_vad[i][1].audio[pieces[i][k][0]:pieces[i][k][1]] for i in rows])
+            for i, piece_cuts in zip(rows, cuts):
+                start, _, at_finalize = pieces[i][k]
+                found[i].extend(start + c for c in piece_cuts)
+                if at_finalize:
+                    with_vad[i][2].restart_endpointer()
+        for live, _, _ in with_vad:  # voice after an early final pass: the final must hear it
             if live.state.early is not None and live.vad is not None and early_pass_stale(live.vad, live.early_voiced):
                 self.streamer.discard_early(live.state)
-        return {id(live): cuts for (live, _), cuts in zip(with_vad, found) if live.endpointing}
+        return {id(live): cuts for (live, _, _), cuts in zip(with_vad, found) if live.endpointing}
 
     def _accept_utterances(self, parts: list[tuple[LiveStream, list[Part]]]) -> None:
         """Part k of every stream is accepted in round k, and the streams whose part ends an utterance are flushed

@@ -143,6 +143,21 @@ class VadStream:
     def reset_endpoint(self) -> None:
         self.endpoint = False
 
+    def restart_endpointer(self) -> None:
+        """The utterance was ended by the client (a finalize): the next one starts afresh, so the silence heard
+        before the finalize does not count toward the next utterance's endpoint (it fired on the next turn's
+        leading silence: a final made of 0.1 s of it), and no speech has been heard in it yet. ``heard_speech_at``
+        at the finalize's own position still answers for the utterance it ended (the change counts from the next
+        frame)."""
+        self.in_speech = False
+        self.speech_run_s = 0.0
+        self.silence_run_s = 0.0
+        if self.heard_speech:
+            self.heard_speech = False
+            self.heard_changes.append((self.frames + 1, False))
+            if len(self.heard_changes) > 2 * _VOICED_KEPT:
+                del self.heard_changes[:-_VOICED_KEPT]
+
     def heard_speech_at(self, before_sample: int) -> bool:
         """``heard_speech`` as it was once the frames wholly before ``before_sample`` (counted from the stream's
         first sample) were judged — a function of the audio alone, however far past it the VAD has run since."""
