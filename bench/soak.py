@@ -202,8 +202,10 @@ def _expected_finals(engine: Any, vad: Any, session: StreamSession) -> list[tupl
     cuts = vad.new_stream(EndpointConfig())
     endpoints: list[int] = []
     previous = 0
-    for bound in [*session.finalize_at, audio.shape[0]]:
+    for i, bound in enumerate([*session.finalize_at, audio.shape[0]]):
         endpoints += [previous + c for c in vad.process([cuts], [audio[previous:bound]])[0]]
+        if i < len(session.finalize_at):  # the server restarts the endpointer at each finalize
+            cuts.restart_endpointer()
         previous = bound
     parts = utterance_parts(audio, endpoints, list(session.finalize_at), stop=True)
     streamer = StreamingRecognizer(Recognizer(engine.loaded), engine.options.streaming)
@@ -225,6 +227,8 @@ def _expected_finals(engine: Any, vad: Any, session: StreamSession) -> list[tupl
         text = streamer.finalize([state])[0].committed_text if decoded else ""
         if reason == "endpoint":
             session_vad.reset_endpoint()
+        elif reason == "finalize":
+            session_vad.restart_endpointer()
         out.append((start / SAMPLE_RATE_HZ, end / SAMPLE_RATE_HZ, str(reason), text, not certain))
         start = end
     return out
