@@ -20,7 +20,8 @@ one consistent snapshot of :class:`~parakeet_worker.observability.tallies.Tallie
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -48,40 +49,31 @@ class TalliesCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self.metrics.tallies.snapshot()
-        active = GaugeMetricFamily("parakeet_sessions_active", "Live sessions", labels=["face"])
-        for face, n in sorted(snap.sessions_active.items()):
-            active.add_metric([face], n)
-        yield active
-        opened = CounterMetricFamily("parakeet_sessions_opened", "Sessions admitted since start", labels=["face"])
-        for face, n in sorted(snap.sessions_opened.items()):
-            opened.add_metric([face], n)
-        yield opened
-        requests = CounterMetricFamily("parakeet_requests", "HTTP requests and WebSocket handshakes answered",
-                                       labels=["face", "route", "status"])
-        for key, n in sorted(snap.requests.items()):
-            requests.add_metric(list(key), n)
-        yield requests
-        finished = CounterMetricFamily("parakeet_finished", "Finished batch requests and sessions",
-                                       labels=["face", "kind", "outcome"])
-        for key, n in sorted(snap.finished.items()):
-            finished.add_metric(list(key), n)
-        yield finished
-        audio = CounterMetricFamily("parakeet_audio_seconds", "Audio heard, seconds", labels=["face"])
-        for face, seconds in sorted(snap.audio_seconds.items()):
-            audio.add_metric([face], seconds)
-        yield audio
-        errors = CounterMetricFamily("parakeet_errors", "Failed requests and sessions by error code",
-                                     labels=["face", "code"])
-        for (face, code), n in sorted(snap.errors.items()):
-            errors.add_metric([face, code], n)
-        yield errors
+        families: tuple[tuple[type[GaugeMetricFamily] | type[CounterMetricFamily], str, str, list[str],
+                              Mapping[Any, float]], ...] = (
+            (GaugeMetricFamily, "parakeet_sessions_active", "Live sessions", ["face"], snap.sessions_active),
+            (CounterMetricFamily, "parakeet_sessions_opened", "Sessions admitted since start", ["face"],
+             snap.sessions_opened),
+            (CounterMetricFamily, "parakeet_requests", "HTTP requests and WebSocket handshakes answered",
+             ["face", "route", "status"], snap.requests),
+            (CounterMetricFamily, "parakeet_finished", "Finished batch requests and sessions",
+             ["face", "kind", "outcome"], snap.finished),
+            (CounterMetricFamily, "parakeet_audio_seconds", "Audio heard, seconds", ["face"], snap.audio_seconds),
+            (CounterMetricFamily, "parakeet_errors", "Failed requests and sessions by error code", ["face", "code"],
+             snap.errors),
+        )
+        for kind, name, doc, labels, values in families:
+            family = kind(name, doc, labels=labels)
+            for key, n in sorted(values.items()):
+                family.add_metric(list(key) if isinstance(key, tuple) else [key], n)
+            yield family
         for name, doc, histograms in (
                 ("parakeet_queue_wait_seconds", "Time a request waited for the engine", snap.queue_wait),
                 ("parakeet_inference_seconds", "Model time per request", snap.inference)):
-            family = HistogramMetricFamily(name, doc, labels=["face"])
+            timing = HistogramMetricFamily(name, doc, labels=["face"])
             for face, histogram in sorted(histograms.items()):
-                family.add_metric([face], _buckets(histogram), sum_value=histogram.total)
-            yield family
+                timing.add_metric([face], _buckets(histogram), sum_value=histogram.total)
+            yield timing
 
 
 def metrics_registry(metrics: Metrics) -> CollectorRegistry:

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import time
-import uuid
 from typing import Any, cast
 
 from starlette.requests import ClientDisconnect, Request
@@ -23,10 +22,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from parakeet_worker.errors import InputError, ParakeetError
-from parakeet_worker.observability import log_context
 from parakeet_worker.serving.batch import BatchService, error_output, http_status
 from parakeet_worker.serving.faces import FaceContext
-from parakeet_worker.serving.openai_rest import MAX_REQUEST_BYTES, limited_body, refusal
+from parakeet_worker.serving.openai_rest import MAX_REQUEST_BYTES, limited_body, refusal, with_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +57,7 @@ async def _job_input(request: Request) -> object:
 def routes(ctx: FaceContext) -> list[BaseRoute]:
     """``POST /transcribe``."""
 
-    async def transcribe(request: Request) -> Response:
-        request_id = f"req_{uuid.uuid4().hex[:24]}"
-        with log_context(job_id=request_id):
-            response = await _transcribe(request)
-        response.headers["x-request-id"] = request_id
-        return response
+    transcribe = with_request_id(lambda request: _transcribe(request))
 
     async def _transcribe(request: Request) -> Response:
         refused = refusal(ctx, request)

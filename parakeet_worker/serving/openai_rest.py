@@ -16,7 +16,7 @@ import math
 import time
 import uuid
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -91,6 +91,19 @@ class Refusal:
     message: str
     code: str
     retry_after_s: float | None = None
+
+
+def with_request_id(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """``handler`` under a request id of its own: in the log context of everything it does (its metrics record's
+    ``job_id``) and in the answer's ``x-request-id`` header."""
+    async def tagged(request: Request) -> Response:
+        request_id = f"req_{uuid.uuid4().hex[:24]}"
+        with log_context(job_id=request_id):
+            response = await handler(request)
+        response.headers["x-request-id"] = request_id
+        return response
+
+    return tagged
 
 
 def refusal(ctx: FaceContext, request: Request) -> Refusal | None:
@@ -270,12 +283,7 @@ def routes(ctx: FaceContext) -> list[BaseRoute]:
         owner = model_id.split("/")[0] if "/" in model_id else "parakeet-worker"
         return {"id": name, "object": "model", "created": created, "owned_by": owner}
 
-    async def transcriptions(request: Request) -> Response:
-        request_id = f"req_{uuid.uuid4().hex[:24]}"
-        with log_context(job_id=request_id):
-            response = await _transcriptions(request)
-        response.headers["x-request-id"] = request_id
-        return response
+    transcriptions = with_request_id(lambda request: _transcriptions(request))
 
     async def _transcriptions(request: Request) -> Response:
         if request.method != "POST":
