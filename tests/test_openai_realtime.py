@@ -22,6 +22,7 @@ from parakeet_client import pcm16
 from parakeet_worker.audio.live import LiveAudioDecoder, LiveEncoding
 from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
 from parakeet_worker.serving import realtime_face
+from parakeet_worker.serving.live_core import LiveStream
 from parakeet_worker.serving.realtime_events import (
     RealtimeRequestError,
     SessionConfig,
@@ -523,7 +524,7 @@ def test_speech_events_announce_an_item_once_and_stop_only_a_started_one(engine)
     the prefix padding, not before the previous item's audio ended); a stop names only an item it started."""
     handle = engine.open_stream(lambda event: None, SessionConfig().stream_options())
     assert handle.options.vad_events and not SessionConfig(turn_detection=None).stream_options().vad_events
-    track = Track(handle=handle, vad=True, prefix_ms=300, offset_ms=2000.0, last_end_s=1.0)
+    track = Track(stream=LiveStream(handle), vad=True, prefix_ms=300, offset_ms=2000.0, last_end_s=1.0)
     started = track.speech(True, 0, 1.5)
     assert started is not None and started["type"] == "input_audio_buffer.speech_started"
     assert started["audio_start_ms"] == 2000 + 1500 - 300 and started["item_id"] == track.items[0].id

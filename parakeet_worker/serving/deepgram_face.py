@@ -12,22 +12,23 @@ said so in an ``Error``, never dropped silently.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 import uuid
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from parakeet_worker.audio.live import LiveAudioDecoder
 from parakeet_worker.errors import EngineClosedError, EngineOverloadedError, ParakeetError
 from parakeet_worker.serving import deepgram_messages as dg
 from parakeet_worker.serving.faces import FaceContext, request_token
+from parakeet_worker.serving.live_core import LiveCore, LiveStream
 from parakeet_worker.serving.protocol import (
     MAX_CONTROL_BURST,
     MAX_CONTROL_RATE_PER_S,
@@ -41,7 +42,6 @@ from parakeet_worker.streaming import (
     StepResult,
     StreamBacklogError,
     StreamEvent,
-    StreamHandle,
     StreamOptions,
 )
 
@@ -49,13 +49,18 @@ logger = logging.getLogger(__name__)
 
 LISTEN_PATH = "/v1/listen"
 DEEPGRAM_IDLE_S = 10.0  # Deepgram closes a stream that got neither audio nor a message for this long (NET-0001)
-STOP_WAIT_S = 30.0  # how long the engine may take to serve the last final of an ending session
-DRAIN_WAIT_S = 10.0  # ... and the queued messages to reach a slow reader before the close
-WATCHDOG_PERIOD_S = 0.5
-RATE_LIMIT_NOTICE_S = 1.0  # at most one rate-limit Error per this long
 SMALL_CONTROL_CHARS = 256  # past the rate limit only a small CloseStream is still read
-NORMAL_ENDS = frozenset(EndReason) - {EndReason.NO_CLIENT}
+_GONE = (WebSocketDisconnect, WebSocketDisconnected, RuntimeError, OSError)
 BROWSER_SCHEMES = ("token", "bearer")  # Sec-WebSocket-Protocol: token, <key> (Deepgram's browser auth)
+
+
+def _is_close_stream(raw: str) -> bool:
+    """A small text message that is a ``CloseStream``: honoured past the control-message rate limit."""
+    if len(raw) > SMALL_CONTROL_CHARS or dg.Control.CLOSE_STREAM.value not in raw:
+        return False
+    with contextlib.suppress(dg.ClientMessageError):
+        return dg.parse_control(raw)[0] is dg.Control.CLOSE_STREAM
+    return False
 
 
 def routes(ctx: FaceContext) -> list[BaseRoute]:
@@ -129,45 +134,31 @@ async def serve_listen(ctx: FaceContext, websocket: WebSocket) -> None:
         ctx.sessions.leave(session)
 
 
-class DeepgramSession:
-    """One client's ``/v1/listen`` session: its stream on the engine, its decoder and its outgoing queue (a
-    :class:`~parakeet_worker.serving.faces.LiveSession`)."""
+class DeepgramSession(LiveCore):
+    """One client's ``/v1/listen`` session: its stream on the engine and its decoder, on the shared session core
+    (:class:`~parakeet_worker.serving.live_core.LiveCore`; a :class:`~parakeet_worker.serving.faces.LiveSession`)."""
 
-    face = "deepgram"  # the metrics' face label (the app also tags the session's log context with it)
+    face = "deepgram"  # the metrics' face label
 
     def __init__(self, ctx: FaceContext, ws: WebSocket, options: dg.ListenOptions, request_id: str) -> None:
+        super().__init__(session_id=uuid.uuid4().hex[:12], metrics=ctx.metrics,
+                         idle_timeout_s=min(DEEPGRAM_IDLE_S, ctx.limits.idle_timeout_s),
+                         max_session_s=ctx.limits.max_session_s, transmit=ws.send_text, gone=_GONE)
         self.ctx = ctx
         self.ws = ws
         self.options = options
         self.request_id = request_id
-        self.id = uuid.uuid4().hex[:12]
-        self.loop = asyncio.get_running_loop()
-        self.opened = time.monotonic()
         self.created = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        self.last_activity = self.opened
-        self.idle_timeout_s = min(DEEPGRAM_IDLE_S, ctx.limits.idle_timeout_s)
         self.decoder = LiveAudioDecoder(options.encoding, options.sample_rate)
         self.model = dg.ModelInfo(ctx.engine.info().model)
         self.result_meta = dg.results_metadata(request_id, self.model)
-        self.handle: StreamHandle | None = None
-        self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
-        self.reason: EndReason | None = None
-        self.error_code: str | None = None  # what the session lost or why the engine ended it, for the metric
-        self.closed_event = asyncio.Event()  # the engine stream is closed ...
-        self.closed_reason = ""  # ... and why (``stop`` when its last final was served)
+        self.stream: LiveStream | None = None
         self.audio_bytes = 0  # accepted, at the client's rate and encoding
         self.dropped_s = 0.0  # audio the engine refused (backlog): not counted in the duration
         self.utterances = 0  # finals with text
         self._sha = hashlib.sha256()
         self._carry = b""  # linear16: the odd byte of a frame, completed by the next frame's first byte
         self._window_start = 0.0  # where the current utterance's Results window starts (the last final's end)
-        self._sender: asyncio.Task[None] | None = None
-        self._ending: asyncio.Task[None] | None = None  # the one task that ends the session (see end())
-        self._closer: asyncio.Task[None] | None = None
-        self._control_tokens = float(MAX_CONTROL_BURST)
-        self._control_at = self.opened
-        self._notice_at: dict[str, float] = {}
-        self.refused_messages = 0
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
     def open_stream(self) -> str | None:
@@ -182,87 +173,68 @@ class DeepgramSession:
                                 vad_events=o.vad_events or stop_ms is not None,
                                 speech_stop_s=None if stop_ms is None else stop_ms / 1000)
         try:
-            self.handle = self.ctx.engine.open_stream(self._on_engine_event, options, stream_id=f"dg-{self.id}")
+            handle = self.ctx.engine.open_stream(self.on_engine_event, options, stream_id=f"dg-{self.id}")
         except ParakeetError as exc:
             logger.warning("deepgram session %s refused: %s", self.id, exc)
             return str(exc)
+        self.stream = LiveStream(handle)
         return None
 
-    def release(self) -> None:
-        """The connection is over: an engine stream still open is dropped (nobody is left to read its final)."""
-        if self.handle is not None and not self.handle.closed:
-            self.handle.abort()
+    def _release(self) -> bool:
+        """An engine stream still open is dropped (nobody is left to read its final)."""
+        if self.stream is not None and not self.stream.handle.closed:
+            self.stream.handle.abort()
+            return True
+        return False
 
-    async def run(self) -> None:
+    async def run(self, *first: Any) -> None:
         o = self.options
         logger.info("deepgram session %s opened (request %s, %s %d Hz, interim %s, endpointing %s, model %r)",
                     self.id, self.request_id, o.encoding, o.sample_rate, o.interim_results,
                     o.endpoint_silence_ms if o.endpointing else "off", o.model)
-        self._sender = asyncio.create_task(self._send_loop(), name=f"dg-send-{self.id}")
-        watchdog = asyncio.create_task(self._watchdog(), name=f"dg-watch-{self.id}")
-        try:
-            await self._receive_loop()
-        finally:
-            await self._close(watchdog, self._sender)
+        await super().run(*first)
 
     async def _receive_loop(self) -> None:
         while True:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            self.last_activity = time.monotonic()
+            self.touch()
             data = message.get("bytes")
             if data is not None:
                 self._on_audio(data)
                 continue
             text = message.get("text")
-            if text is not None and self._admit_control(text):
+            if text is not None and self.admit_control(partial(_is_close_stream, text)):
                 self._on_text(text)
 
-    async def _close(self, watchdog: asyncio.Task[None], sender: asyncio.Task[None]) -> None:
-        if self._ending is not None:  # a server-side end in progress: it sends the final, Metadata and the close
-            with contextlib.suppress(Exception, asyncio.CancelledError):  # abandon() cancels it
-                await asyncio.shield(self._ending)
-        if self.reason is None:
-            self.reason = EndReason.DISCONNECT
-        self.release()
-        watchdog.cancel()
-        self.outbox.put_nowait(None)
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
-        total_s = time.monotonic() - self.opened
-        logger.info("deepgram session %s closed: %s, %.1f s of audio, %d utterances", self.id, self.reason,
-                    self.audio_seconds, self.utterances)
-        error_code = self.error_code or (None if self.reason in NORMAL_ENDS else self.reason.value)
-        self.ctx.metrics.record("stream", audio_s=self.audio_seconds, total_s=total_s, session_id=self.id,
-                                error_code=error_code)
+    def _end_notice(self, reason: EndReason) -> str | None:
+        if reason is EndReason.MAX_SESSION_LENGTH:
+            return dg.error("SessionLimit", f"the session reached its limit of {self.max_session_s:.0f} s; the "
+                            "utterance in progress gets its final, then the stream closes; reconnect to go on",
+                            code=ErrorCode.MAX_SESSION_LENGTH.value)
+        return None  # idle is said in the close frame (NET-0001), shutdown by the going-away close
 
-    async def end(self, reason: EndReason, notice: str | None = None) -> None:
-        """End the session (``CloseStream`` included): ``notice`` first if given, then the utterance in progress
-        gets its final, then ``Metadata``, then the close with the reason's code. The first call starts the ending
-        in a task of its own and later calls wait for that one."""
-        await asyncio.shield(self._begin_end(reason, notice))
+    def _rate_notice(self) -> str:
+        return dg.error("RateLimited", f"more than {MAX_CONTROL_RATE_PER_S:.0f} text messages per second (burst "
+                        f"{MAX_CONTROL_BURST}); {self.refused_messages} were dropped so far; send KeepAlive every few "
+                        "seconds at most", code=ErrorCode.RATE_LIMITED.value)
 
-    def _begin_end(self, reason: EndReason, notice: str | None = None) -> asyncio.Task[None]:
-        if self._ending is None:
-            self.reason = reason
-            if notice is not None:
-                self._send(notice)
-            self._ending = asyncio.create_task(self._end(reason), name=f"dg-end-{self.id}")
-        return self._ending
-
-    async def _end(self, reason: EndReason) -> None:
-        await self._stop_stream()
-        self._send(dg.metadata(request_id=self.request_id, sha256=self._sha.hexdigest(), created=self.created,
-                               duration=self.audio_seconds, model=self.model))
-        self.outbox.put_nowait(None)  # the sender drains what is queued (Metadata last), then ends
-        if self._sender is not None:  # close only after everything queued went out, even to a slow reader
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._sender), timeout=DRAIN_WAIT_S)
-        await self._close_socket(*self._close_frame(reason))
+    async def _ending_steps(self, reason: EndReason) -> None:
+        if self.stream is not None:
+            lost = await self.stream.stop(self.decoder.flush())
+            if lost is not None:
+                self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
+                logger.error("deepgram session %s: the last utterance's final was lost: %s", self.id, lost)
+                self.post(dg.error("FinalUnavailable", f"the final of the last utterance could not be produced: "
+                                   f"{lost}; send that audio again", code=ErrorCode.FINAL_UNAVAILABLE.value))
+        self.post(dg.metadata(request_id=self.request_id, sha256=self._sha.hexdigest(), created=self.created,
+                              duration=self.audio_seconds, model=self.model))
+        await self.drain()  # close only after everything queued went out (Metadata last), even to a slow reader
+        await self._close_transport(*self._close_frame(reason))
 
     def _close_frame(self, reason: EndReason) -> tuple[int, str]:
-        if self.closed_reason == "error":
+        if self.stream is not None and self.stream.closed_reason == "error":
             return CloseCode.INTERNAL_ERROR, "engine_error: the stream failed; reconnect to go on"
         if reason is EndReason.IDLE_TIMEOUT:
             return CloseCode.INTERNAL_ERROR, (f"NET-0001: no audio or KeepAlive within {self.idle_timeout_s:.0f} s")
@@ -270,138 +242,50 @@ class DeepgramSession:
             return CloseCode.NORMAL, "" if reason is EndReason.STOP else reason.value
         return CloseCode.GOING_AWAY, reason.value
 
-    async def _close_socket(self, code: int, reason: str) -> None:
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+    async def _close_transport(self, code: int, reason: str) -> None:
+        with contextlib.suppress(*_GONE):
             await self.ws.close(code, reason)
-
-    def abandon(self) -> None:
-        """Give up an ending that overran the shutdown grace period: the final it waited for is lost and the
-        socket is closed (going away)."""
-        if self._ending is None or self._ending.done():
-            return
-        self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
-        self.release()
-        self._ending.cancel()
-        self._closer = asyncio.create_task(self._close_socket(CloseCode.GOING_AWAY, EndReason.SERVER_SHUTDOWN.value))
 
     @property
     def audio_seconds(self) -> float:
         heard = self.audio_bytes / self.options.bytes_per_sample / self.options.sample_rate
         return max(0.0, heard - self.dropped_s)
 
-    async def _stop_stream(self) -> None:
-        if self.handle is None:
-            return
-        if not self.handle.closed:
-            tail = self.decoder.flush()
-            if tail.size:
-                with contextlib.suppress(ParakeetError):
-                    self.handle.push(tail)
-            self.handle.stop()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.closed_event.wait(), timeout=STOP_WAIT_S)
-        if self.closed_reason != "stop":  # timed out, or the engine closed the stream before its final
-            if not self.closed_event.is_set():
-                self.handle.abort()
-                why = f"the engine did not produce it within {STOP_WAIT_S:.0f} s"
-            else:
-                why = f"the engine closed the stream first ({self.closed_reason or 'unknown'})"
-            self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
-            logger.error("deepgram session %s: the last utterance's final was lost: %s", self.id, why)
-            self._send(dg.error("FinalUnavailable", f"the final of the last utterance could not be produced: {why}; "
-                                "send that audio again", code=ErrorCode.FINAL_UNAVAILABLE.value))
-
-    async def _watchdog(self) -> None:
-        limits = self.ctx.limits
-        while self._ending is None:
-            await asyncio.sleep(WATCHDOG_PERIOD_S)
-            now = time.monotonic()
-            if self._ending is not None:
-                return
-            if now - self.opened > limits.max_session_s:
-                await self.end(EndReason.MAX_SESSION_LENGTH, dg.error(
-                    "SessionLimit", f"the session reached its limit of {limits.max_session_s:.0f} s; the utterance "
-                    "in progress gets its final, then the stream closes; reconnect to go on",
-                    code=ErrorCode.MAX_SESSION_LENGTH.value))
-                return
-            if now - self.last_activity > self.idle_timeout_s:
-                await self.end(EndReason.IDLE_TIMEOUT)
-                return
-
-    # --- outgoing -----------------------------------------------------------------------------------------------
-    def _send(self, message: str) -> None:
-        self.outbox.put_nowait(message)
-
-    def _notice(self, key: str, message: str) -> None:
-        """An Error that a client's repeated mistake would repeat: at most one per key and second."""
-        now = time.monotonic()
-        if now - self._notice_at.get(key, float("-inf")) >= RATE_LIMIT_NOTICE_S:
-            self._notice_at[key] = now
-            self._send(message)
-
-    async def _send_loop(self) -> None:
-        while True:
-            message = await self.outbox.get()
-            if message is None:
-                return
-            try:
-                await self.ws.send_text(message)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                return
+    def _closed_log(self) -> str:
+        return f"{self.audio_seconds:.1f} s of audio, {self.utterances} utterances"
 
     # --- incoming -----------------------------------------------------------------------------------------------
-    def _admit_control(self, raw: str) -> bool:
-        """The per-session token bucket on text messages; past it a message is refused (one Error a second),
-        except a ``CloseStream``, which always ends the session."""
-        now = time.monotonic()
-        self._control_tokens = min(float(MAX_CONTROL_BURST),
-                                   self._control_tokens + (now - self._control_at) * MAX_CONTROL_RATE_PER_S)
-        self._control_at = now
-        if self._control_tokens >= 1.0:
-            self._control_tokens -= 1.0
-            return True
-        if len(raw) <= SMALL_CONTROL_CHARS and dg.Control.CLOSE_STREAM.value in raw:
-            with contextlib.suppress(dg.ClientMessageError):
-                if dg.parse_control(raw)[0] is dg.Control.CLOSE_STREAM:
-                    return True
-        self.refused_messages += 1
-        self._notice("rate", dg.error(
-            "RateLimited", f"more than {MAX_CONTROL_RATE_PER_S:.0f} text messages per second (burst "
-            f"{MAX_CONTROL_BURST}); {self.refused_messages} were dropped so far; send KeepAlive every few seconds "
-            "at most", code=ErrorCode.RATE_LIMITED.value))
-        return False
-
     def _on_text(self, raw: str) -> None:
         try:
             control, body = dg.parse_control(raw)
         except dg.ClientMessageError as exc:
-            self._send(dg.error("SchemaError", str(exc), code=exc.code, message=raw))
+            self.post(dg.error("SchemaError", str(exc), code=exc.code, message=raw))
             return
         if control is dg.Control.FINALIZE:
             self._finalize()
         elif control is dg.Control.CLOSE_STREAM:
-            self._begin_end(EndReason.STOP)
+            self.begin_end(EndReason.STOP)
         elif control is dg.Control.CONFIGURE:
-            self._send(dg.configure_failure(self.request_id, keyterms=body.get("keyterms") is not None))
+            self.post(dg.configure_failure(self.request_id, keyterms=body.get("keyterms") is not None))
         # KeepAlive: receiving it was the point (the idle clock restarted)
 
     def _on_audio(self, data: bytes) -> None:
-        if self._ending is not None:
-            self._notice("late", dg.error("StreamClosing", f"the stream is closing ({self.reason}): audio sent "
-                                          "after that is not transcribed; open a new connection to go on",
-                                          code=ErrorCode.STOPPED.value))
+        if self.ending:
+            self.notice_once("late", dg.error("StreamClosing", f"the stream is closing ({self.reason}): audio sent "
+                                              "after that is not transcribed; open a new connection to go on",
+                                              code=ErrorCode.STOPPED.value))
             return
         if not data:  # Deepgram's older close signal: an empty binary frame ends the stream like CloseStream
-            self._begin_end(EndReason.STOP)
+            self.begin_end(EndReason.STOP)
             return
         o, limits = self.options, self.ctx.limits
         seconds = len(data) / o.bytes_per_sample / o.sample_rate
         if seconds > limits.max_frame_audio_s:
-            self._send(dg.error("DataError", f"one binary frame carried {seconds:.2f} s of audio, over the "
-                                f"{limits.max_frame_audio_s:.1f} s limit; the frame was dropped: send audio in "
-                                "frames of 20-250 ms", code=ErrorCode.FRAME_TOO_LARGE.value))
+            self.post(dg.error("DataError", f"one binary frame carried {seconds:.2f} s of audio, over the "
+                               f"{limits.max_frame_audio_s:.1f} s limit; the frame was dropped: send audio in "
+                               "frames of 20-250 ms", code=ErrorCode.FRAME_TOO_LARGE.value))
             return
-        assert self.handle is not None
+        assert self.stream is not None
         pcm = data
         if o.encoding == "pcm16":  # a byte stream, as Deepgram reads it: a sample may straddle two frames
             if self._carry:
@@ -411,60 +295,54 @@ class DeepgramSession:
         samples = self.decoder.decode(pcm)
         try:
             if samples.size:
-                self.handle.push(samples)
+                self.stream.handle.push(samples)
         except StreamBacklogError as exc:
             self.dropped_s += seconds
-            self._send(dg.error("Overloaded", f"{exc}; this frame was dropped: {seconds:.3f} s",
-                                code=ErrorCode.STREAM_BACKLOG.value))
+            self.post(dg.error("Overloaded", f"{exc}; this frame was dropped: {seconds:.3f} s",
+                               code=ErrorCode.STREAM_BACKLOG.value))
         except EngineOverloadedError as exc:
             self.dropped_s += seconds
-            self._send(dg.error("Overloaded", str(exc), code=ErrorCode.OVERLOADED.value))
+            self.post(dg.error("Overloaded", str(exc), code=ErrorCode.OVERLOADED.value))
         except EngineClosedError as exc:
-            self._notice("closed", dg.error("StreamClosed", str(exc), code=ErrorCode.STOPPED.value))
+            self.notice_once("closed", dg.error("StreamClosed", str(exc), code=ErrorCode.STOPPED.value))
             return
         self._sha.update(data)
         self.audio_bytes += len(data)
 
     def _finalize(self) -> None:
-        if self._ending is not None or self.handle is None:
+        if self.ending or self.stream is None:
             return  # the ending's final covers the utterance
-        tail = self.decoder.flush()  # so the utterance's last samples are transcribed
-        if tail.size:
-            with contextlib.suppress(ParakeetError):  # a full backlog: those samples are dropped like a frame
-                self.handle.push(tail)
+        self.stream.push_tail(self.decoder.flush())  # so the utterance's last samples are transcribed
         try:
-            self.handle.finalize()
+            self.stream.handle.finalize()
         except FinalizeLimitError as exc:
-            self._send(dg.error("RateLimited", str(exc), code=exc.code))
+            self.post(dg.error("RateLimited", str(exc), code=exc.code))
         except EngineClosedError as exc:
-            self._notice("closed", dg.error("StreamClosed", str(exc), code=ErrorCode.STOPPED.value))
+            self.notice_once("closed", dg.error("StreamClosed", str(exc), code=ErrorCode.STOPPED.value))
 
-    # --- engine events (called on the engine thread) ----------------------------------------------------------------
-    def _on_engine_event(self, event: StreamEvent) -> None:
-        self.loop.call_soon_threadsafe(self._deliver, event)
-
+    # --- engine events (handed to the loop by LiveCore.on_engine_event) ---------------------------------------------
     def _deliver(self, event: StreamEvent) -> None:
         if event.kind == "closed":
-            self.closed_reason = event.reason
-            self.closed_event.set()
-            if event.reason in ("error", "engine_closed") and self._ending is None:
+            if self.stream is not None:
+                self.stream.mark_closed(event.reason)
+            if event.reason in ("error", "engine_closed") and not self.ending:
                 self.error_code = "engine_error" if event.reason == "error" else ErrorCode.ENGINE_CLOSED.value
-                self._begin_end(EndReason.SERVER_SHUTDOWN)
+                self.begin_end(EndReason.SERVER_SHUTDOWN)
             return
         if event.kind == "error":
             text = str(event.error)
             if isinstance(event.error, StreamBacklogError):
                 self.dropped_s += event.error.dropped_s
                 text += f"; audio dropped: {event.error.dropped_s:.3f} s"
-            self._send(dg.error("EngineError", text, code=getattr(event.error, "code", ErrorCode.ENGINE_ERROR)))
+            self.post(dg.error("EngineError", text, code=getattr(event.error, "code", ErrorCode.ENGINE_ERROR)))
             return
         if event.kind == "speech_start":  # the VAD heard speech begin (asked for with vad_events)
             if self.options.vad_events and event.at_s is not None:
-                self._send(dg.speech_started(event.at_s))
+                self.post(dg.speech_started(event.at_s))
             return
         if event.kind == "speech_stop":  # utterance_end_ms of silence after speech (asked for with utterance_end_ms)
             if self.options.utterance_end_ms is not None and event.at_s is not None:
-                self._send(dg.utterance_end(event.at_s))
+                self.post(dg.utterance_end(event.at_s))
             return
         if event.result is None:
             return
@@ -475,7 +353,7 @@ class DeepgramSession:
 
     def _on_partial(self, result: StepResult) -> None:
         if self.options.interim_results:
-            self._send(dg.results(transcript=result.text, words=result.words, start=self._window_start,
+            self.post(dg.results(transcript=result.text, words=result.words, start=self._window_start,
                                   end=result.audio_end_s, is_final=False, speech_final=False, from_finalize=False,
                                   metadata=self.result_meta))
 
@@ -486,7 +364,7 @@ class DeepgramSession:
             if self.ctx.settings.log_transcripts:
                 logger.info("deepgram session %s final %d (%s): %s", self.id, utterance, reason, text)
         end = max(result.audio_end_s, self._window_start)
-        self._send(dg.results(transcript=text, words=result.words, start=self._window_start, end=end, is_final=True,
+        self.post(dg.results(transcript=text, words=result.words, start=self._window_start, end=end, is_final=True,
                               speech_final=reason == "endpoint", from_finalize=reason == "finalize",
                               metadata=self.result_meta))
         self._window_start = end

@@ -10,7 +10,6 @@ and ``openai.types.beta.realtime.*`` (beta: ``transcription_session.update`` wit
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -20,6 +19,7 @@ from typing import Any, Literal
 
 from parakeet_worker.audio.live import MAX_LIVE_RATE_HZ, MIN_LIVE_RATE_HZ, LiveEncoding
 from parakeet_worker.errors import ParakeetError
+from parakeet_worker.serving.live_core import LiveStream
 from parakeet_worker.serving.protocol import EndReason
 from parakeet_worker.streaming import EndpointConfig, StreamHandle, StreamOptions
 
@@ -451,7 +451,7 @@ END_NOTICES: dict[EndReason, tuple[str, str]] = {
 class Track:
     """One engine stream of the session (a ``clear`` or a new turn detection starts another)."""
 
-    handle: StreamHandle
+    stream: LiveStream
     vad: bool  # our VAD ends utterances
     prefix_ms: int  # server_vad's prefix padding: reported speech starts are this much earlier
     offset_ms: float  # session audio before the stream's first sample
@@ -460,7 +460,10 @@ class Track:
     commits: int = 0  # finalizes sent whose final has not come
     cut: int | None = None  # utterances from here on were cleared: their events are dropped
     last_end_s: float = 0.0  # where the last final's audio ended (stream seconds)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def handle(self) -> StreamHandle:
+        return self.stream.handle
 
     @property
     def open_utterance(self) -> int:

@@ -7,9 +7,10 @@ beta ``transcription_session.update``), appends base64 audio and either commits 
 ``speech_started`` / ``speech_stopped`` / ``committed``). Each utterance is one conversation item: append-only
 ``...transcription.delta`` events (a :class:`StablePrefix` over the revisable partials) and one ``.completed``.
 
-The session keeps the native session's promises (:mod:`parakeet_worker.serving.ws_session`): one ordered outbox
-and sender; one ending task however the session ends (the utterance in progress gets its final — or a ``failed``
-event, never silence — then the close); idle and session-length watchdog; a rate limit on control events.
+The session keeps every live face's promises, written once in the session core
+(:mod:`parakeet_worker.serving.live_core`): one ordered outbox and sender; one ending task however the session ends
+(here: the utterance in progress gets its final — or a ``failed`` event, never silence — then the close); idle and
+session-length watchdog; a rate limit on control events.
 ``input_audio_buffer.clear`` retires the engine stream (aborted, or stopped when committed finals are still due;
 the cleared utterance's final is dropped) and the next append opens a fresh one; a new turn detection retires it
 too, after committing and completing the utterance in progress.
@@ -24,6 +25,7 @@ import json
 import logging
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 from starlette.responses import JSONResponse
@@ -36,6 +38,7 @@ from parakeet_worker.observability import log_context
 from parakeet_worker.serving import protocol as proto
 from parakeet_worker.serving import realtime_events as ev
 from parakeet_worker.serving.faces import FaceContext, request_token
+from parakeet_worker.serving.live_core import STOP_WAIT_S, LiveCore, LiveStream
 from parakeet_worker.serving.protocol import EndReason
 from parakeet_worker.serving.realtime_events import END_NOTICES, Event, Item, RealtimeRequestError, SessionConfig, Track
 from parakeet_worker.streaming import FinalizeLimitError, StepResult, StreamBacklogError, StreamEvent
@@ -44,20 +47,19 @@ from parakeet_worker.transcript import SAMPLE_RATE_HZ
 logger = logging.getLogger("parakeet_worker.serving.realtime")
 
 PATH = "/v1/realtime"
-STOP_WAIT_S = 30.0  # at the end, how long the engine may take to serve the last finals
-DRAIN_WAIT_S = 10.0  # ... and the queued events to reach a slow reader before the socket closes
-WATCHDOG_PERIOD_S = 0.5
-RATE_LIMIT_NOTICE_S = 1.0
 _GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
-class RealtimeSession:
-    """One client's transcription session: its configuration, engine streams, items and outgoing events."""
+class RealtimeSession(LiveCore):
+    """One client's transcription session: its configuration, engine streams and items, on the shared session
+    core (:class:`~parakeet_worker.serving.live_core.LiveCore`)."""
+
+    face = "realtime"  # the metrics' face label
 
     def __init__(self, ctx: FaceContext, websocket: WebSocket, *, model: str, dialect: ev.Dialect) -> None:
+        super().__init__(session_id="sess_" + uuid.uuid4().hex[:20], metrics=ctx.metrics,
+                         idle_timeout_s=ctx.limits.idle_timeout_s, max_session_s=ctx.limits.max_session_s,
+                         transmit=websocket.send_text, gone=_GONE)
         self.ctx = ctx
         self.ws = websocket
-        self.id = "sess_" + uuid.uuid4().hex[:20]
-        self.loop = asyncio.get_running_loop()
-        self.opened = self.last_activity = time.monotonic()
         self.config = SessionConfig(model=model)
         self.dialect: ev.Dialect = dialect
         self.decoder = LiveAudioDecoder(self.config.encoding, self.config.rate)
@@ -69,28 +71,13 @@ class RealtimeSession:
         self.last_item: str | None = None  # the last committed item (``previous_item_id``)
         self.completed_items = 0
         self.revised_items = 0  # finals that revised words already sent as deltas
-        self.reason: EndReason | None = None
-        self.error_code: str | None = None
-        self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._events = itertools.count(1)
-        self._sender: asyncio.Task[None] | None = None
-        self._ending: asyncio.Task[None] | None = None
-        self._control_tokens = float(proto.MAX_CONTROL_BURST)
-        self._control_at = self.opened
-        self._refused_notice_at = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
-    async def run(self, subprotocol: str | None) -> None:
-        await self.ws.accept(subprotocol=subprotocol)
+    async def run(self, *first: Any) -> None:
         logger.info("realtime session %s opened", self.id)
-        self._sender = asyncio.create_task(self._send_loop(), name=f"rt-send-{self.id}")
-        watchdog = asyncio.create_task(self._watchdog(), name=f"rt-watch-{self.id}")
         created = "session.created" if self.dialect == "ga" else "transcription_session.created"
-        self._emit({"type": created, "session": self._session_shape(self.dialect)})
-        try:
-            await self._receive_loop()
-        finally:
-            await self._close(watchdog)
+        await super().run(*first, self._event({"type": created, "session": self._session_shape(self.dialect)}))
 
     async def _receive_loop(self) -> None:
         while True:
@@ -100,7 +87,7 @@ class RealtimeSession:
                 return
             if message["type"] == "websocket.disconnect":
                 return
-            self.last_activity = time.monotonic()
+            self.touch()
             try:
                 text = message.get("text")
                 if text is None:
@@ -110,90 +97,57 @@ class RealtimeSession:
             except RealtimeRequestError as exc:
                 self._emit(exc.event())
 
-    async def end(self, reason: EndReason) -> None:
-        """End the session: a notice (unless the client left), the utterance in progress committed and completed,
-        then the close with the reason's code. Later calls wait for the first one's ending."""
-        if self._ending is None:
-            self.reason = reason
-            if reason in END_NOTICES:
-                code, text = END_NOTICES[reason]
-                limits = self.ctx.limits
-                self._emit(ev.error_event(text.format(idle=limits.idle_timeout_s, max=limits.max_session_s),
-                                          code=code))
-            self._ending = asyncio.create_task(self._end(reason), name=f"rt-end-{self.id}")
-        await asyncio.shield(self._ending)
+    def _end_notice(self, reason: EndReason) -> str | None:
+        if reason not in END_NOTICES:
+            return None
+        code, text = END_NOTICES[reason]
+        return self._event(ev.error_event(text.format(idle=self.idle_timeout_s, max=self.max_session_s), code=code))
 
-    async def _end(self, reason: EndReason) -> None:
+    def _rate_notice(self) -> str:
+        return self._event(ev.error_event(f"more than {proto.MAX_CONTROL_RATE_PER_S:.0f} events per second besides "
+                                          "audio appends; events were dropped: slow down", code="rate_limited",
+                                          error_type="invalid_request_error"))
+
+    async def _ending_steps(self, reason: EndReason) -> None:
+        """The utterance in progress committed and completed (or failed), everything queued sent, the close."""
         if self.track is not None:
             self._retire(stop=True)
-        pending = [t for t in self.tracks.values() if not t.closed.is_set()]
-        if pending:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(t.closed.wait() for t in pending)), STOP_WAIT_S)
+        pending = [t for t in self.tracks.values() if not t.stream.closed.is_set()]
+        await asyncio.gather(*(t.stream.wait_closed() for t in pending))  # aborts a stream not served in time
         for track in list(self.tracks.values()):  # the engine did not serve them in time
-            track.handle.abort()
             self._lost(track, f"the engine did not produce it within {STOP_WAIT_S:.0f} s")
-        self.outbox.put_nowait(None)  # the sender drains what is queued, then ends
-        if self._sender is not None:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._sender), DRAIN_WAIT_S)
-        with contextlib.suppress(*_GONE):
-            await self.ws.close(reason.close_code, reason.value)
+        await self.drain()
+        await self._close_transport(reason.close_code, reason.value)
 
-    def abandon(self) -> None:
-        """Give up an ending that overran the shutdown grace period (its finals are lost)."""
-        if self._ending is None or self._ending.done():
-            return
-        self.error_code = "final_unavailable"
-        for track in self.tracks.values():
+    async def _close_transport(self, code: int, reason: str) -> None:
+        with contextlib.suppress(*_GONE, RuntimeError):
+            await self.ws.close(code, reason)
+
+    def _release(self) -> bool:
+        open_tracks = [t for t in self.tracks.values() if not t.handle.closed]
+        for track in open_tracks:
             track.handle.abort()
-        self._ending.cancel()
+        return bool(open_tracks)
 
-    async def _close(self, watchdog: asyncio.Task[None]) -> None:
-        if self._ending is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.shield(self._ending)
-        if self.reason is None:
-            self.reason = EndReason.DISCONNECT
-        for track in self.tracks.values():
-            track.handle.abort()
-        watchdog.cancel()
-        self.outbox.put_nowait(None)
-        if self._sender is not None:
-            with contextlib.suppress(asyncio.CancelledError, *_GONE):
-                await self._sender
-        total_s = time.monotonic() - self.opened
-        logger.info("realtime session %s closed: %s, %.1f s of audio, %d items (%d finals revised a delta)",
-                    self.id, self.reason, self.heard_s, self.completed_items, self.revised_items)
-        normal = self.reason is not EndReason.NO_CLIENT and self.error_code is None
-        self.ctx.metrics.record("stream", audio_s=self.heard_s, total_s=total_s, session_id=self.id,
-                                active_sessions=self.ctx.engine.stream_stats().active,
-                                error_code=None if normal else (self.error_code or self.reason.value))
+    @property
+    def audio_seconds(self) -> float:
+        return self.heard_s
 
-    async def _watchdog(self) -> None:
-        limits = self.ctx.limits
-        while self._ending is None:
-            await asyncio.sleep(WATCHDOG_PERIOD_S)
-            now = time.monotonic()
-            if now - self.opened > limits.max_session_s:
-                await self.end(EndReason.MAX_SESSION_LENGTH)
-            elif now - self.last_activity > limits.idle_timeout_s:
-                await self.end(EndReason.IDLE_TIMEOUT)
+    def _record_fields(self) -> dict[str, Any]:
+        return {"active_sessions": self.ctx.engine.stream_stats().active}
+
+    def _closed_log(self) -> str:
+        return (f"{self.heard_s:.1f} s of audio, {self.completed_items} items ({self.revised_items} finals revised "
+                "a delta)")
 
     # --- outgoing -----------------------------------------------------------------------------------------------
-    def _emit(self, event: Event) -> None:
+    def _event(self, event: Event) -> str:
+        """The event as sent, with its ``event_id``."""
         event["event_id"] = f"event_{self.id[5:17]}{next(self._events)}"
-        self.outbox.put_nowait(json.dumps(event))
+        return json.dumps(event)
 
-    async def _send_loop(self) -> None:
-        while True:
-            text = await self.outbox.get()
-            if text is None:
-                return
-            try:
-                await self.ws.send_text(text)
-            except _GONE:
-                return
+    def _emit(self, event: Event) -> None:
+        self.post(self._event(event))
 
     def _session_shape(self, dialect: ev.Dialect) -> Event:
         expires_at = int(time.time() + self.ctx.limits.max_session_s - (time.monotonic() - self.opened))
@@ -207,7 +161,7 @@ class RealtimeSession:
         try:
             if kind == "input_audio_buffer.append":  # the hot path: audio is not rate limited
                 self._append(event)
-            elif self._admit_control():
+            elif self.admit_control():
                 self._on_control(kind, event)
         except RealtimeRequestError as exc:
             exc.event_id = exc.event_id or event_id
@@ -227,22 +181,6 @@ class RealtimeSession:
             raise RealtimeRequestError(f"unknown event type {kind!r}: a transcription session takes session.update, "
                                        "transcription_session.update and input_audio_buffer.append/commit/clear",
                                        code="unknown_event", param="type")
-
-    def _admit_control(self) -> bool:
-        """The per-session token bucket on events other than audio appends."""
-        now = time.monotonic()
-        self._control_tokens = min(float(proto.MAX_CONTROL_BURST),
-                                   self._control_tokens + (now - self._control_at) * proto.MAX_CONTROL_RATE_PER_S)
-        self._control_at = now
-        if self._control_tokens >= 1.0:
-            self._control_tokens -= 1.0
-            return True
-        if now - self._refused_notice_at >= RATE_LIMIT_NOTICE_S:
-            self._refused_notice_at = now
-            self._emit(ev.error_event(f"more than {proto.MAX_CONTROL_RATE_PER_S:.0f} events per second besides "
-                                      "audio appends; events were dropped: slow down", code="rate_limited",
-                                      error_type="invalid_request_error"))
-        return False
 
     def _update(self, event: Event) -> None:
         old = self.config
@@ -264,7 +202,7 @@ class RealtimeSession:
         decoder = self.decoder
         max_s = self.ctx.limits.max_frame_audio_s
         data = ev.append_bytes(event, int(max_s * decoder.sample_rate * decoder.bytes_per_sample), max_s)
-        if self._ending is not None:
+        if self.ending:
             return  # the session is ending: audio after that is not heard
         try:
             samples = decoder.decode(data)
@@ -283,11 +221,11 @@ class RealtimeSession:
         stream_id = f"{self.id}-{next(self._stream_ids)}"
         options = self.config.stream_options()
         try:
-            handle = self.ctx.engine.open_stream(self._on_engine_event, options, stream_id=stream_id)
+            handle = self.ctx.engine.open_stream(self.on_engine_event, options, stream_id=stream_id)
         except EngineClosedError as exc:
             raise RealtimeRequestError(str(exc), code="engine_closed", error_type="server_error") from None
         turn = self.config.turn_detection
-        track = Track(handle=handle, vad=options.endpointing, prefix_ms=turn.prefix_padding_ms if turn else 0,
+        track = Track(stream=LiveStream(handle), vad=options.endpointing, prefix_ms=turn.prefix_padding_ms if turn else 0,
                       offset_ms=offset_s * 1000)
         self.tracks[stream_id] = self.track = track
         return track
@@ -357,10 +295,7 @@ class RealtimeSession:
         self._emit(ev.item_added(item.id, self.last_item, self.dialect))
         self.last_item = item.id
 
-    # --- engine events (handed over from the engine's thread) ----------------------------------------------------
-    def _on_engine_event(self, event: StreamEvent) -> None:
-        self.loop.call_soon_threadsafe(self._deliver, event)
-
+    # --- engine events (handed to the loop by LiveCore.on_engine_event) -------------------------------------------
     def _deliver(self, event: StreamEvent) -> None:
         track = self.tracks.get(event.stream_id)
         if track is None:
@@ -429,7 +364,7 @@ class RealtimeSession:
                     self._complete(track, utterance, item, "", 0.0)
         elif reason != "abort":
             self._lost(track, f"the engine closed the stream ({reason})")
-        track.closed.set()
+        track.stream.mark_closed(reason)
 
     def _lost(self, track: Track, why: str) -> None:
         for utterance, item in sorted(track.items.items()):
@@ -474,7 +409,8 @@ def routes(ctx: FaceContext) -> list[BaseRoute]:
             return
         try:
             with log_context(session_id=session.id):
-                await session.run(subprotocol)
+                await websocket.accept(subprotocol=subprotocol)
+                await session.run()
         finally:
             ctx.sessions.leave(session)
 

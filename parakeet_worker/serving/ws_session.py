@@ -5,18 +5,15 @@ with a code and reason), which the native face (:mod:`~parakeet_worker.serving.n
 app's WebSocket; the session itself knows no web framework.
 
 The asyncio side only moves bytes and messages: audio is resampled to the engine's rate and pushed to the stream,
-the engine's events (on its own thread) come back through the loop as ``transcription`` messages. Every outgoing
-message goes through one queue, numbered in order (``seq``), so a slow reader never reorders or loses them.
-
-However a session ends — the client's ``stop``, idle, its length limit, its job cancelled, shutdown — one task
-(:meth:`Session.end`) does the ending: the utterance in progress gets its final, then ``stopped``, then the close
-with its code and reason; the receive loop and the connection wait for it, so a client still sending cannot cut
-it short. A final the engine could not produce is said so (``final_unavailable``), never dropped silently.
+the engine's events (on its own thread) come back through the loop as ``transcription`` messages, numbered in
+order (``seq``). The promises every live face keeps — one ordered outbox, one ending task however the session
+ends (here: the utterance in progress gets its final, then ``stopped``, then the close with its code and reason),
+the watchdog, the control-message rate limit, ``final_unavailable`` instead of a silent loss — are the session
+core's (:mod:`~parakeet_worker.serving.live_core`); this module is the native protocol's adapter to it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -24,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,9 +29,10 @@ import soxr
 
 from parakeet_worker.audio import pcm16_to_float32
 from parakeet_worker.engine import ParakeetEngine
-from parakeet_worker.errors import EngineClosedError, EngineOverloadedError, ParakeetError
+from parakeet_worker.errors import EngineClosedError, EngineOverloadedError
 from parakeet_worker.observability import Metrics
 from parakeet_worker.serving import protocol as proto
+from parakeet_worker.serving.live_core import LiveCore, LiveStream
 from parakeet_worker.serving.protocol import EndReason, ErrorCode, ProtocolError
 from parakeet_worker.serving.ws_grants import Grant, SessionSummary
 from parakeet_worker.streaming import (
@@ -48,13 +47,16 @@ from parakeet_worker.transcript import SAMPLE_RATE_HZ
 
 logger = logging.getLogger("websocket_handler")
 
-STOP_WAIT_S = 30.0  # after ``stop``, how long the engine may take to serve the last finals
-DRAIN_WAIT_S = 10.0  # ... and the queued messages to reach a slow reader before the socket closes
-WATCHDOG_PERIOD_S = 0.5
-RATE_LIMIT_NOTICE_S = 1.0  # at most one ``rate_limited`` error per this long: refusals must not flood the reader
 SMALL_CONTROL_BYTES = 256  # past the rate limit only small text frames are read (a ``stop`` is always honoured)
-# Ends that are no fault of the session; the metric records any other reason as its error code.
-NORMAL_ENDS = frozenset(EndReason) - {EndReason.NO_CLIENT}
+
+
+def _is_stop(raw: str) -> bool:
+    """A small text frame that is a ``stop``: honoured past the control-message rate limit."""
+    if len(raw) > SMALL_CONTROL_BYTES or '"stop"' not in raw:
+        return False
+    with contextlib.suppress(ProtocolError):
+        return proto.action_of(proto.loads(raw)) is proto.Action.STOP
+    return False
 
 
 def _resampler(rate: int) -> soxr.ResampleStream:
@@ -94,146 +96,89 @@ _END_NOTICES: dict[EndReason, proto.Error] = {
 }
 
 
-class Session:
-    """One client's session: its protocol state, its stream on the engine and its outgoing queue. A
+class Session(LiveCore):
+    """One client's session: its protocol state, its stream on the engine and its outgoing messages, on the
+    shared session core (:class:`~parakeet_worker.serving.live_core.LiveCore`). A
     :class:`~parakeet_worker.serving.faces.LiveSession` of the native face."""
 
     face = "native"  # the metrics' face label
 
     def __init__(self, engine: ParakeetEngine, ws: Connection, grant: Grant, *, metrics: Metrics,
                  active_sessions: Callable[[], int]) -> None:
+        super().__init__(session_id=uuid.uuid4().hex[:12], metrics=metrics,
+                         idle_timeout_s=grant.limits.idle_timeout_s, max_session_s=grant.limits.max_session_s,
+                         transmit=ws.send_text, gone=(ConnectionGone,))
         self.engine = engine
         self.ws = ws
         self.grant = grant
-        self.metrics = metrics
         self.active_sessions = active_sessions
-        self.id = uuid.uuid4().hex[:12]
-        self.loop = asyncio.get_running_loop()
-        self.opened = time.monotonic()
-        self.last_activity = self.opened
         self.started: proto.SessionSettings | None = None
-        self.handle: StreamHandle | None = None
+        self.stream: LiveStream | None = None
         self.resampler: soxr.ResampleStream | None = None
         self.seq = 0
         self.finals: list[str] = []
         self.audio_samples = 0  # at the client's rate
-        self.reason: EndReason | None = None
-        self.closed_event = asyncio.Event()  # the engine stream is closed
-        self.closed_reason = ""  # ... and why (``stop`` when its last final was served)
         self.dropped_s = 0.0  # audio the engine refused (backlog): not counted in ``audio_seconds``
-        self.error_code: str | None = None  # what the session lost (``final_unavailable``), for the summary
-        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._sender: asyncio.Task[None] | None = None
-        self._ending: asyncio.Task[None] | None = None  # the one task that ends the session (see end())
-        self._closing: asyncio.Task[None] | None = None  # abandon()'s close
-        self._control_tokens = float(proto.MAX_CONTROL_BURST)
-        self._control_at = self.opened
-        self._refused_notice_at = 0.0
-        self.refused_messages = 0
+
+    @property
+    def handle(self) -> StreamHandle | None:
+        return self.stream.handle if self.stream is not None else None
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
-    async def run(self) -> None:
+    async def run(self, *first: Any) -> None:
         logger.info("session %s opened (job %s)", self.id, self.grant.job_id)
-        sender = self._sender = asyncio.create_task(self._send_loop(), name=f"ws-send-{self.id}")
-        watchdog = asyncio.create_task(self._watchdog(), name=f"ws-watch-{self.id}")
-        self._send(self._welcome())
-        try:
-            await self._receive_loop()
-        finally:
-            await self._close(watchdog, sender)
+        await super().run(*first, self._message(self._welcome()))
 
     async def _receive_loop(self) -> None:
         while (message := await self.ws.receive()) is not None:
-            self.last_activity = time.monotonic()
+            self.touch()
             try:
                 if isinstance(message, bytes):
                     self._on_audio(message)
-                elif self._admit_control(message):
+                elif self.admit_control(partial(_is_stop, message)):
                     await self._on_text(message)
             except ProtocolError as exc:
                 self._send(proto.Error.of(exc))
-            if self._ending is not None and self._ending.done():
+            if self.ended():
                 break
 
-    def _admit_control(self, raw: str) -> bool:
-        """The per-session token bucket on control messages; past it a message is refused (one ``rate_limited``
-        notice per second), except a ``stop``, which always ends the session."""
-        now = time.monotonic()
-        self._control_tokens = min(float(proto.MAX_CONTROL_BURST),
-                                   self._control_tokens + (now - self._control_at) * proto.MAX_CONTROL_RATE_PER_S)
-        self._control_at = now
-        if self._control_tokens >= 1.0:
-            self._control_tokens -= 1.0
-            return True
-        if len(raw) <= SMALL_CONTROL_BYTES and '"stop"' in raw:
-            with contextlib.suppress(ProtocolError):
-                if proto.action_of(proto.loads(raw)) is proto.Action.STOP:
-                    return True
-        self.refused_messages += 1
-        if now - self._refused_notice_at >= RATE_LIMIT_NOTICE_S:
-            self._refused_notice_at = now
-            logger.warning("session %s: control messages over %.0f/s refused (%d so far)", self.id,
-                           proto.MAX_CONTROL_RATE_PER_S, self.refused_messages)
-            self._send(proto.Error(code=ErrorCode.RATE_LIMITED,
-                                   message=f"more than {proto.MAX_CONTROL_RATE_PER_S:.0f} control messages per second "
-                                           f"(burst {proto.MAX_CONTROL_BURST}); {self.refused_messages} were refused "
-                                           "so far; slow down (audio frames are not limited)"))
-        return False
+    def _rate_notice(self) -> str:
+        return self._message(proto.Error(
+            code=ErrorCode.RATE_LIMITED,
+            message=f"more than {proto.MAX_CONTROL_RATE_PER_S:.0f} control messages per second (burst "
+                    f"{proto.MAX_CONTROL_BURST}); {self.refused_messages} were refused so far; slow down (audio "
+                    "frames are not limited)"))
 
-    async def _close(self, watchdog: asyncio.Task[None], sender: asyncio.Task[None]) -> None:
-        if self._ending is not None:  # a server-side end in progress: it sends the final, stopped and the close
-            with contextlib.suppress(Exception, asyncio.CancelledError):  # abandon() cancels it
-                await asyncio.shield(self._ending)
-        if self.reason is None:
-            self.reason = EndReason.DISCONNECT
-        if self.handle is not None and not self.handle.closed:
-            self.handle.abort()
-        watchdog.cancel()
-        self.outbox.put_nowait(None)
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
-        logger.info("session %s closed: %s, %.1f s of audio, %d utterances", self.id, self.reason,
-                    self.audio_seconds, len(self.finals))
-        self.metrics.record("stream", audio_s=self.audio_seconds, total_s=time.monotonic() - self.opened,
-                            session_id=self.id, job_id=self.grant.job_id, active_sessions=self.active_sessions(),
-                            error_code=None if self.reason in NORMAL_ENDS else self.reason.value, face=self.face)
+    def _end_notice(self, reason: EndReason) -> str | None:
+        notice = _END_NOTICES.get(reason)
+        if reason is EndReason.MAX_SESSION_LENGTH:
+            notice = proto.Error(code=ErrorCode.MAX_SESSION_LENGTH,
+                                 message=f"the session reached its limit of {self.max_session_s:.0f} s; the "
+                                         "utterance in progress gets its final, then the session stops")
+        elif reason is EndReason.IDLE_TIMEOUT:
+            notice = proto.Error(code=ErrorCode.IDLE_TIMEOUT,
+                                 message=f"no audio or message for {self.idle_timeout_s:.0f} s; send audio "
+                                         "or {\"action\": \"ping\"} to keep the session open")
+        return None if notice is None else self._message(notice)
 
-    async def end(self, reason: EndReason, notice: proto.Error | None = None) -> None:
-        """End the session (any reason, the client's ``stop`` included): ``notice`` first (by default the
-        reason's own: ``server_shutdown``, ``cancelled``), then the utterance in progress gets its final,
-        ``stopped``, and the socket closes with the reason's code and name. The first call starts the ending in a
-        task of its own and later calls wait for that one, so neither the receive loop's end nor a cancelled
-        caller (the watchdog) can cut it short."""
-        if self._ending is None:
-            self.reason = reason
-            notice = notice or _END_NOTICES.get(reason)
-            if notice is not None:
-                self._send(notice)
-            self._ending = asyncio.create_task(self._end(reason), name=f"ws-end-{self.id}")
-        await asyncio.shield(self._ending)
-
-    async def _end(self, reason: EndReason) -> None:
+    async def _ending_steps(self, reason: EndReason) -> None:
         await self._stop_stream(reason)
         await self.ws.close(reason.close_code, "stopped" if reason is EndReason.STOP else reason.value)
 
-    @property
-    def ending(self) -> bool:
-        return self._ending is not None
+    async def _close_transport(self, code: int, reason: str) -> None:
+        await self.ws.close(code, reason)
 
-    def abandon(self) -> None:
-        """Give up an ending that overran the server's grace period (or never began): the final it waited for is
-        lost (the summary says ``final_unavailable``) and the socket is closed now, with the reason's code."""
-        if self._ending is not None and self._ending.done():
-            return
-        if self._ending is not None or (self.handle is not None and not self.handle.closed):
-            self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
+    def _release(self) -> bool:
         if self.handle is not None and not self.handle.closed:
             self.handle.abort()
-        if self._ending is not None:
-            self._ending.cancel()
-        reason = self.reason = self.reason or EndReason.SERVER_SHUTDOWN
-        closing = self.loop.create_task(self.ws.close(reason.close_code, reason.value), name=f"ws-close-{self.id}")
-        self._closing = closing  # referenced until done (the loop keeps only weak references to tasks)
+            return True
+        return False
+
+    def _record_fields(self) -> dict[str, Any]:
+        return {"job_id": self.grant.job_id, "active_sessions": self.active_sessions()}
+
+    def _closed_log(self) -> str:
+        return f"{self.audio_seconds:.1f} s of audio, {len(self.finals)} utterances"
 
     def summary(self) -> SessionSummary:
         return SessionSummary(session_id=self.id, reason=(self.reason or EndReason.DISCONNECT).value,
@@ -250,40 +195,14 @@ class Session:
     def final_text(self) -> str:
         return " ".join(t for t in self.finals if t)
 
-    async def _watchdog(self) -> None:
-        limits = self.grant.limits
-        while True:
-            await asyncio.sleep(WATCHDOG_PERIOD_S)
-            now = time.monotonic()
-            if self._ending is not None:
-                return
-            if now - self.opened > limits.max_session_s:
-                await self.end(EndReason.MAX_SESSION_LENGTH, proto.Error(
-                    code=ErrorCode.MAX_SESSION_LENGTH,
-                    message=f"the session reached its limit of {limits.max_session_s:.0f} s; the utterance in "
-                            "progress gets its final, then the session stops"))
-                return
-            if now - self.last_activity > limits.idle_timeout_s:
-                await self.end(EndReason.IDLE_TIMEOUT, proto.Error(
-                    code=ErrorCode.IDLE_TIMEOUT,
-                    message=f"no audio or message for {limits.idle_timeout_s:.0f} s; send audio "
-                            "or {\"action\": \"ping\"} to keep the session open"))
-                return
-
     # --- outgoing -----------------------------------------------------------------------------------------------
-    def _send(self, message: proto.ServerMessage) -> None:
+    def _message(self, message: proto.ServerMessage) -> str:
+        """The message as sent: numbered (``seq``) in the order it is queued."""
         self.seq += 1
-        self.outbox.put_nowait(replace(message, seq=self.seq).to_json())
+        return json.dumps(replace(message, seq=self.seq).to_json())
 
-    async def _send_loop(self) -> None:
-        while True:
-            message = await self.outbox.get()
-            if message is None:
-                return
-            try:
-                await self.ws.send_text(json.dumps(message))
-            except ConnectionGone:
-                return
+    def _send(self, message: proto.ServerMessage) -> None:
+        self.post(self._message(message))
 
     def _welcome(self) -> proto.Welcome:
         geometry = self.engine.stream_geometry
@@ -328,7 +247,7 @@ class Session:
                                 endpoint=EndpointConfig(silence_s=float(silence_ms) / 1000),
                                 final_pass=start.final_pass)
         try:
-            self.handle = self.engine.open_stream(self._on_engine_event, options, stream_id=self.id)
+            self.stream = LiveStream(self.engine.open_stream(self.on_engine_event, options, stream_id=self.id))
         except EngineClosedError as exc:
             raise ProtocolError(ErrorCode.ENGINE_CLOSED, str(exc)) from None
         geometry = self.engine.stream_geometry
@@ -345,7 +264,7 @@ class Session:
             requested_chunk_duration=start.chunk_duration))
 
     def _on_audio(self, data: bytes) -> None:
-        if self._ending is not None:
+        if self.ending:
             return  # the session is ending (its final, stopped and close follow): audio after that is not heard
         if self.started is None or self.handle is None:
             raise ProtocolError(ErrorCode.NOT_STARTED,
@@ -380,51 +299,29 @@ class Session:
         await self.end(EndReason.STOP)
 
     async def _stop_stream(self, reason: EndReason) -> None:
-        if self.handle is not None:
-            if not self.handle.closed:
-                tail = self._flush_resampler()
-                if tail is not None and tail.size:
-                    with contextlib.suppress(ParakeetError):
-                        self.handle.push(tail)
-                self.handle.stop()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.closed_event.wait(), timeout=STOP_WAIT_S)
-            if self.closed_reason != "stop":  # timed out, or the engine closed the stream before its final
-                self._final_unavailable()
+        if self.stream is not None:
+            lost = await self.stream.stop(self._flush_resampler())
+            if lost is not None:
+                self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
+                logger.error("session %s: the last utterance's final was lost: %s", self.id, lost)
+                self._send(proto.Error(code=ErrorCode.FINAL_UNAVAILABLE,
+                                       message=f"the final of the last utterance could not be produced: {lost}; "
+                                               "the stopped message's final_text lacks it; send that audio again"))
         self._send(proto.Stopped(reason=reason.value, final_text=self.final_text,
                                  audio_seconds=round(self.audio_seconds, 3), utterances=len(self.finals),
                                  error_code=self.error_code))
-        self.outbox.put_nowait(None)  # the sender drains what is queued (``stopped`` last), then ends
-        if self._sender is not None:  # close only after everything queued went out, even to a slow reader
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._sender), timeout=DRAIN_WAIT_S)
-
-    def _final_unavailable(self) -> None:
-        """The engine ended this stream without serving its last final: say so, never answer as if it were."""
-        assert self.handle is not None
-        if not self.closed_event.is_set():
-            self.handle.abort()
-            why = f"the engine did not produce it within {STOP_WAIT_S:.0f} s"
-        else:
-            why = f"the engine closed the stream first ({self.closed_reason or 'unknown'})"
-        self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
-        logger.error("session %s: the last utterance's final was lost: %s", self.id, why)
-        self._send(proto.Error(code=ErrorCode.FINAL_UNAVAILABLE,
-                               message=f"the final of the last utterance could not be produced: {why}; the "
-                                       "stopped message's final_text lacks it; send that audio again"))
+        await self.drain()  # close only after everything queued went out (``stopped`` last), even to a slow reader
 
     def _finalize(self) -> None:
         if self.handle is None:
             raise ProtocolError(ErrorCode.NOT_STARTED,
                                 "nothing to finalize: send {\"action\": \"start\"} and audio first")
-        if self._ending is not None:
+        if self.ending:
             return  # the ending's final covers the utterance
         tail = self._flush_resampler()  # so the utterance's last samples are transcribed
-        if tail is not None and self.started is not None:
+        if tail is not None and self.started is not None and self.stream is not None:
             self.resampler = _resampler(self.started.sample_rate)
-            if tail.size:
-                with contextlib.suppress(ParakeetError):  # a full backlog: those samples are dropped like a frame
-                    self.handle.push(tail)
+            self.stream.push_tail(tail)
         try:
             self.handle.finalize()
         except FinalizeLimitError as exc:
@@ -438,14 +335,11 @@ class Session:
         self.started = replace(self.started, **changes)
         self._send(proto.ConfigUpdated(settings=self.started))
 
-    # --- engine events (called on the engine thread) --------------------------------------------------------------
-    def _on_engine_event(self, event: StreamEvent) -> None:
-        self.loop.call_soon_threadsafe(self._deliver, event)
-
+    # --- engine events (handed to the loop by LiveCore.on_engine_event) -------------------------------------------
     def _deliver(self, event: StreamEvent) -> None:
         if event.kind == "closed":
-            self.closed_reason = event.reason
-            self.closed_event.set()
+            if self.stream is not None:
+                self.stream.mark_closed(event.reason)
             return
         if event.kind == "error":
             text = str(event.error)
