@@ -100,3 +100,14 @@ def recognizer(loaded_test_model):
     from parakeet_worker.model.recognizer import Recognizer
 
     return Recognizer(loaded_test_model)
+
+
+@pytest.fixture(scope="module")
+def face_engine(loaded_test_model):
+    """One engine per face test module (the faces' tests share a server on it): a short batch wait, and full
+    attention up to 15 minutes so a long upload is one forward as on the GPU."""
+    from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
+
+    engine = ParakeetEngine(loaded_test_model, EngineOptions(batch_wait_ms=5, full_attention_max_s=900))
+    yield engine
+    engine.close()

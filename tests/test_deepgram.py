@@ -36,7 +36,7 @@ from websockets.sync.client import connect as ws_connect
 
 from parakeet_client import pcm16
 from parakeet_worker.audio.live import LiveAudioDecoder, LiveEncoding
-from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
+from parakeet_worker.engine.engine import ParakeetEngine
 from parakeet_worker.observability import Metrics
 from parakeet_worker.serving import deepgram_face
 from parakeet_worker.serving.deepgram_messages import (
@@ -60,10 +60,8 @@ STRICT = TypeAdapter(V1SocketClientResponse)
 
 
 @pytest.fixture(scope="module")
-def engine(loaded_test_model):
-    eng = ParakeetEngine(loaded_test_model, EngineOptions(batch_wait_ms=5, full_attention_max_s=900))
-    yield eng
-    eng.close()
+def engine(face_engine: ParakeetEngine) -> ParakeetEngine:
+    return face_engine
 
 
 @pytest.fixture(scope="module")

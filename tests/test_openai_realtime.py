@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from parakeet_client import pcm16
 from parakeet_worker.audio.live import LiveAudioDecoder, LiveEncoding
-from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
+from parakeet_worker.engine.engine import ParakeetEngine
 from parakeet_worker.serving import realtime_face
 from parakeet_worker.serving.live_core import LiveStream
 from parakeet_worker.serving.realtime_events import (
@@ -40,10 +40,8 @@ COMPLETED = "conversation.item.input_audio_transcription.completed"
 
 
 @pytest.fixture(scope="module")
-def engine(loaded_test_model) -> Iterator[ParakeetEngine]:
-    eng = ParakeetEngine(loaded_test_model, EngineOptions(batch_wait_ms=5, full_attention_max_s=900))
-    yield eng
-    eng.close()
+def engine(face_engine: ParakeetEngine) -> ParakeetEngine:
+    return face_engine
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from openai.types.audio import TranscriptionSegment, TranscriptionVerbose
 from starlette.requests import Request
 
 from parakeet_worker.config import Settings
-from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
+from parakeet_worker.engine.engine import ParakeetEngine
 from parakeet_worker.observability import Metrics
 from parakeet_worker.observability.report import read_records
 from parakeet_worker.serving import lb_routes, openai_rest
@@ -35,10 +35,8 @@ MAX_AUDIO_S = 30.0  # this server's audio limit: the clips fit, a minute of audi
 
 
 @pytest.fixture(scope="module")
-def engine(loaded_test_model) -> Iterator[ParakeetEngine]:
-    eng = ParakeetEngine(loaded_test_model, EngineOptions(batch_wait_ms=5, full_attention_max_s=900))
-    yield eng
-    eng.close()
+def engine(face_engine: ParakeetEngine) -> ParakeetEngine:
+    return face_engine
 
 
 @pytest.fixture(scope="module")

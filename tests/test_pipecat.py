@@ -26,7 +26,7 @@ import soxr
 
 from parakeet_client import pcm16
 from parakeet_worker.audio.live import LiveAudioDecoder
-from parakeet_worker.engine.engine import EngineOptions, ParakeetEngine
+from parakeet_worker.engine.engine import ParakeetEngine
 from parakeet_worker.serving import deepgram_face, realtime_face
 from tests.faces_server import TOKEN, FacesServer, serve_faces
 from tests.streams import streamed_alone
@@ -54,10 +54,8 @@ logger = logging.getLogger(__name__)
 
 
 @pytest.fixture(scope="module")
-def engine(loaded_test_model) -> Iterator[ParakeetEngine]:
-    eng = ParakeetEngine(loaded_test_model, EngineOptions(batch_wait_ms=5, full_attention_max_s=900))
-    yield eng
-    eng.close()
+def engine(face_engine: ParakeetEngine) -> ParakeetEngine:
+    return face_engine
 
 
 @pytest.fixture(scope="module")
