@@ -44,6 +44,16 @@ def test_speech_then_silence_ends_one_utterance(vad, heldout_clips) -> None:
     assert 2 * len(clip) < fired[1] <= 2 * len(clip) + 2 * 16000
 
 
+def test_a_low_threshold_still_ends_utterances(vad, heldout_clips) -> None:
+    """Below a threshold of 0.16, ``threshold - 0.15`` alone would leave no probability "clearly silent": the
+    silence level is floored (0.01, as silero's get_speech_timestamps does) so a pause still ends the utterance."""
+    assert EndpointConfig(threshold=0.1).silent_below == 0.01 and EndpointConfig().silent_below == 0.35
+    clip = heldout_clips[6].audio
+    stream = vad.new_stream(EndpointConfig(threshold=0.05, silence_s=0.5))
+    fired = feed(vad, stream, np.concatenate([clip, np.zeros(16000 * 2, np.float32)]))
+    assert len(fired) == 1 and fired[0] <= len(clip) + 16000
+
+
 def test_silence_and_noise_never_end_an_utterance(vad) -> None:
     rng = np.random.default_rng(0)
     stream = vad.new_stream()

@@ -6,8 +6,9 @@ ourselves so that many streams run as one batch per 32 ms frame, each stream car
 
 An :class:`Endpointer` turns frame probabilities into utterance boundaries: speech starts after
 ``min_speech_s`` above ``threshold``; the utterance ends once ``silence_s`` of frames stayed below
-``threshold - 0.15`` (hysteresis, as silero's own iterator does). A stream that asked for speech events also keeps
-:class:`SpeechTurns`: where its speech starts and stops, found on the same frames at no extra model cost.
+``threshold - 0.15`` (hysteresis, as silero's own iterator does; :attr:`EndpointConfig.silent_below`). A stream
+that asked for speech events also keeps :class:`SpeechTurns`: where its speech starts and stops, found on the same
+frames at no extra model cost.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ class EndpointConfig:
     threshold: float = 0.5
     silence_s: float = 0.6  # silence after speech that ends an utterance
     min_speech_s: float = 0.096  # speech shorter than this does not open an utterance
+
+    @property
+    def silent_below(self) -> float:
+        """A frame below this probability is clearly silent (counts toward ``silence_s``): ``threshold - 0.15``,
+        the hysteresis of silero's own iterator, and at least 0.01 as in its ``get_speech_timestamps`` (below a
+        threshold of 0.16 the difference alone would be 0 or negative: no frame would ever be silent and an
+        utterance would never end)."""
+        return max(self.threshold - 0.15, 0.01)
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.threshold <= 0.95:
@@ -105,7 +114,7 @@ class SpeechTurns:
                 self.talking = True
                 self.found.append(TurnChange(True, s.frames - round(s.speech_run_s / FRAME_S), s.frames))
             return
-        if prob < cfg.threshold - 0.15:
+        if prob < cfg.silent_below:
             self.quiet += 1
         if self.talking and (ended if self.stop_s is None else self.quiet * FRAME_S >= self.stop_s - 1e-9):
             self.talking = False
@@ -239,7 +248,7 @@ class BatchedVad:
         """One frame's probability into the endpointer; True when it ended an utterance."""
         cfg = s.config
         s.frames += 1
-        if prob >= cfg.threshold - 0.15:
+        if prob >= cfg.silent_below:
             s.voiced_frames += 1
             s.voiced_at.append(s.frames - 1)
             if len(s.voiced_at) > 2 * _VOICED_KEPT:
@@ -252,7 +261,7 @@ class BatchedVad:
             if not s.in_speech and s.speech_run_s >= cfg.min_speech_s:
                 s.in_speech = True
                 s._set_heard(True)
-        elif prob < cfg.threshold - 0.15 or not s.in_speech:
+        elif prob < cfg.silent_below or not s.in_speech:
             s.speech_run_s = 0.0
             if s.in_speech:
                 s.silence_run_s += FRAME_S
