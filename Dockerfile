@@ -69,8 +69,9 @@ RUN if [ -n "${MODEL_ID}" ]; then python scripts/bake_model.py "${MODEL_ID}" /mo
 
 COPY . .
 
-# The WebSocket server for real-time sessions (PARAKEET_WS_PORT); expose it on the endpoint as 8765/tcp.
-EXPOSE 8765
+# The WebSocket server for real-time sessions (PARAKEET_WS_PORT) and the Riva gRPC face (PARAKEET_GRPC_PORT); expose
+# them on the endpoint as 8765/tcp and 50051/tcp.
+EXPOSE 8765 50051
 
 # Runs as root: RunPod mounts network volumes (/runpod-volume) owned by root, and a non-root user could not
 # write caches or logs there.

@@ -89,6 +89,7 @@ class Settings:
     # Real-time streaming (None: ServerLimits', StreamingConfig's and EngineOptions' defaults)
     ws_host: str = "0.0.0.0"  # PARAKEET_WS_HOST: interface the WebSocket server listens on
     ws_port: int = 8765  # PARAKEET_WS_PORT: expose it as a TCP port on RunPod
+    grpc_port: int = 50051  # PARAKEET_GRPC_PORT: the Riva-compatible gRPC face (expose as TCP on RunPod); 0 = off
     ws_max_sessions: int | None = None  # PARAKEET_WS_MAX_SESSIONS: more connections are refused with HTTP 503
     ws_idle_timeout_s: float | None = None  # PARAKEET_WS_IDLE_TIMEOUT_S: no audio and no message ends a session
     ws_max_session_s: float | None = None  # PARAKEET_WS_MAX_SESSION_S: upper bound of one session
@@ -108,6 +109,7 @@ class Settings:
     lb_health_port: int = 0  # PORT_HEALTH: set by RunPod; 0 = the same as PORT
     runpod_public_ip: str = ""  # RUNPOD_PUBLIC_IP: set by RunPod when a TCP port is exposed
     runpod_tcp_port: int = 0  # RUNPOD_TCP_PORT_<ws_port>: the public port RunPod maps to ws_port
+    runpod_grpc_tcp_port: int = 0  # RUNPOD_TCP_PORT_<grpc_port>: the public port RunPod maps to grpc_port
     # Observability
     log_format: LogFormat = "auto"  # PARAKEET_LOG_FORMAT: auto = JSON lines on RunPod, text elsewhere
     metrics_file: str = "/tmp/parakeet-metrics.jsonl"  # PARAKEET_METRICS_FILE: per-request JSON lines; "off" disables
@@ -133,10 +135,17 @@ class Settings:
         mapped = env.get(f"RUNPOD_TCP_PORT_{port}")
         if mapped:
             values["runpod_tcp_port"] = _parse("runpod_tcp_port", f"RUNPOD_TCP_PORT_{port}", mapped)
+        grpc_port = values.get("grpc_port", cls.grpc_port)
+        grpc_mapped = env.get(f"RUNPOD_TCP_PORT_{grpc_port}") if grpc_port else None
+        if grpc_mapped:
+            values["runpod_grpc_tcp_port"] = _parse("runpod_grpc_tcp_port", f"RUNPOD_TCP_PORT_{grpc_port}",
+                                                    grpc_mapped)
         settings = cls(**values)
         for name in ("ws_port", "lb_port", "lb_health_port"):
             if not 0 <= getattr(settings, name) <= 65535:
                 raise InputError(f"{_ENV_NAMES[name]} must be a TCP port number (0 picks a free one)")
+        if not 0 <= settings.grpc_port <= 65535:
+            raise InputError("PARAKEET_GRPC_PORT must be a TCP port number (0 turns the gRPC face off)")
         for name in ("max_batch", "concurrency", "max_download_bytes", "ws_max_sessions"):
             value = getattr(settings, name)
             if value is not None and value < 1:
@@ -178,6 +187,7 @@ _ENV_NAMES = {
     "shutdown_grace_s": "PARAKEET_SHUTDOWN_GRACE_S",
     "ws_host": "PARAKEET_WS_HOST",
     "ws_port": "PARAKEET_WS_PORT",
+    "grpc_port": "PARAKEET_GRPC_PORT",
     "ws_max_sessions": "PARAKEET_WS_MAX_SESSIONS",
     "ws_idle_timeout_s": "PARAKEET_WS_IDLE_TIMEOUT_S",
     "ws_max_session_s": "PARAKEET_WS_MAX_SESSION_S",

@@ -356,7 +356,7 @@ def test_hub_env_inputs_are_the_settings_with_their_real_defaults() -> None:
 
 def test_every_settings_field_has_an_environment_name_or_is_derived() -> None:
     """A new setting without an _ENV_NAMES entry would silently stay out of hub.json and the docs."""
-    derived = {"s3", "runpod_tcp_port"}  # S3_* via S3Credentials; RUNPOD_TCP_PORT_<port> set by RunPod
+    derived = {"s3", "runpod_tcp_port", "runpod_grpc_tcp_port"}  # S3_* via S3Credentials; RUNPOD_TCP_PORT_<port> by RunPod
     assert {f.name for f in fields(Settings)} - set(_ENV_NAMES) == derived
 
 

@@ -1,17 +1,22 @@
-"""Pipecat voice-agent pipelines against the worker's Deepgram (``/v1/listen``) and OpenAI Realtime (``/v1/realtime``)
-faces: Pipecat's own ``DeepgramSTTService`` and ``OpenAIRealtimeSTTService``, pointed at the worker's real server
-(tests/faces_server.py) over the real engine and test model, driven by ``pipecat.tests.utils.run_test``.
+"""Pipecat voice-agent pipelines against the worker's Deepgram (``/v1/listen``), OpenAI Realtime (``/v1/realtime``)
+and Riva (gRPC) faces: Pipecat's own ``DeepgramSTTService``, ``OpenAIRealtimeSTTService``, ``NvidiaSTTService`` and
+``NvidiaSegmentedSTTService``, pointed at the worker's real server (tests/faces_server.py) over the real engine and
+test model, driven by ``pipecat.tests.utils.run_test``.
 
 Pipecat lives in its own venv (``.venv-pipecat``, requirements-pipecat.txt, built by ``bash scripts/setup.sh``): its
 pins clash with the worker's, so each pipeline runs as a subprocess (tests/pipecat_stt.py) that prints what came out
 of it. Two user turns on one connection, each as a local VAD hands it over: the speech from 0.2 s before its
 first voiced sample to 0.2 s after its last (Pipecat's VAD confirms a stop after ``stop_secs`` = 0.2 s), streamed
 in real time, then ``VADUserStoppedSpeakingFrame``. Each turn must come back as one ``TranscriptionFrame`` whose text
-is the native path's for the same audio (tests/streams.py), soon after the stop frame.
+is the native path's for the same audio (tests/streams.py), soon after the stop frame. ``NvidiaSTTService`` never
+finalizes itself: each turn is followed by a second of silence and must come back from the server's endpointing
+(Pipecat's ``stop_history`` 320 ms) before the stop frame; ``NvidiaSegmentedSTTService`` sends each turn as one
+WAV to ``Recognize`` at the stop frame and gets the batch path's transcript.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -26,8 +31,11 @@ import soxr
 
 from parakeet_client import pcm16
 from parakeet_worker.audio.live import LiveAudioDecoder
+from parakeet_worker.config import Settings
 from parakeet_worker.engine.engine import ParakeetEngine
+from parakeet_worker.observability import Metrics
 from parakeet_worker.serving import deepgram_face, realtime_face
+from parakeet_worker.serving.batch import BatchService
 from tests.faces_server import TOKEN, FacesServer, serve_faces
 from tests.streams import streamed_alone
 
@@ -59,9 +67,11 @@ def engine(face_engine: ParakeetEngine) -> ParakeetEngine:
 
 
 @pytest.fixture(scope="module")
-def server(engine) -> Iterator[FacesServer]:
-    with serve_faces(engine, [deepgram_face.routes, realtime_face.routes]) as srv:
+def server(engine, test_model_path) -> Iterator[FacesServer]:
+    batch = BatchService(engine, Settings(model=str(test_model_path)), metrics=Metrics(None))
+    with serve_faces(engine, [deepgram_face.routes, realtime_face.routes], batch=batch, grpc=True) as srv:
         yield srv
+    batch.close()
 
 
 def turn_audio(clip: np.ndarray) -> np.ndarray:
@@ -87,13 +97,15 @@ def heard(pcm: bytes, rate: int) -> np.ndarray:
     return np.concatenate([decoder.decode(pcm), decoder.flush()])
 
 
-def run_pipeline(service: str, server: FacesServer, wavs: list[Path]) -> dict[str, Any]:
+def run_pipeline(service: str, server: FacesServer, wavs: list[Path], *, silence_s: float = 0.0) -> dict[str, Any]:
     """tests/pipecat_stt.py in the Pipecat venv; its JSON line (see ``Outcome`` there)."""
     if not PIPECAT_PYTHON.is_file():
         pytest.fail(f"{PIPECAT_PYTHON.relative_to(REPO)} is missing: run `bash scripts/setup.sh`, which builds the "
                     "Pipecat client venv from requirements-pipecat.txt")
-    cmd = [str(PIPECAT_PYTHON), str(SCRIPT), "--service", service, "--url", server.ws_url, "--token", TOKEN,
-           "--wait-s", str(WAIT_S), *map(str, wavs)]
+    url = server.grpc_target if service.startswith("nvidia") else server.ws_url
+    assert url is not None
+    cmd = [str(PIPECAT_PYTHON), str(SCRIPT), "--service", service, "--url", url, "--token", TOKEN,
+           "--wait-s", str(WAIT_S), "--trailing-silence-s", str(silence_s), *map(str, wavs)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=REPO)
     assert proc.returncode == 0 and proc.stdout.strip(), f"the {service} pipeline failed:\n{proc.stderr[-4000:]}"
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -122,3 +134,43 @@ def test_each_turn_is_one_transcription_frame_with_the_native_text_soon_after_th
     assert out["interims"] > 0, "InterimTranscriptionFrames while the first turn streams"
     # The turns really streamed at real-time pace (the latency is measured the way a live call sees it).
     assert all(sent >= 0.95 * audio for sent, audio in zip(out["sent_s"], out["audio_s"])), out
+
+
+# NvidiaSTTService: the trailing silence after each turn, long enough for the 320 ms window and the final pass
+NVIDIA_SILENCE_S = 1.0
+# end of speech -> TranscriptionFrame with server endpointing: the 320 ms window on the VAD's 32 ms frames, the final
+# pass and Pipecat's thread hop
+SPEECH_END_TO_FINAL_MAX_S = 1.0
+
+
+def test_nvidia_stt_service_gets_each_turn_from_the_servers_endpointing(server: FacesServer, engine: ParakeetEngine,
+                                                                        heldout_clips, tmp_path: Path) -> None:
+    turns = [turn_audio(heldout_clips[i].audio) for i in TURN_CLIPS]
+    wavs = [write_wav(tmp_path / f"turn{i}.wav", pcm16(t), 16000) for i, t in enumerate(turns)]
+
+    out = run_pipeline("nvidia", server, wavs, silence_s=NVIDIA_SILENCE_S)
+
+    logger.info("nvidia: end of speech -> TranscriptionFrame %s s, %d interims", out["speech_end_to_final_s"],
+                out["interims"])
+    expected = [streamed_alone(engine, t) for t in turns]
+    assert all(expected) and out["errors"] == [], out
+    assert out["finals"] == expected, "one TranscriptionFrame per turn, the native path's text"
+    assert out["finals_while_speaking"] == 0 and out["interims"] > 0, out
+    latencies = out["speech_end_to_final_s"]
+    assert len(latencies) == len(turns) and all(s is not None and s < SPEECH_END_TO_FINAL_MAX_S for s in latencies), \
+        f"end of speech -> TranscriptionFrame: {latencies} s"
+
+
+def test_nvidia_segmented_stt_service_gets_each_turn_from_recognize(server: FacesServer, heldout_clips,
+                                                                   tmp_path: Path) -> None:
+    turns = [turn_audio(heldout_clips[i].audio) for i in TURN_CLIPS]
+    wavs = [write_wav(tmp_path / f"turn{i}.wav", pcm16(t), 16000) for i, t in enumerate(turns)]
+
+    out = run_pipeline("nvidia-segmented", server, wavs)
+
+    assert server.ctx.batch is not None
+    expected = [asyncio.run_coroutine_threadsafe(server.ctx.batch.transcribe_upload(w.read_bytes()),
+                                                 server.loop).result(60).text.strip() for w in wavs]
+    assert all(expected) and out["errors"] == [], out
+    assert out["finals"] == expected, "one TranscriptionFrame per turn: the batch path's transcript"
+    assert all(s is not None and 0 <= s < STOP_TO_FINAL_MAX_S for s in out["stop_to_final_s"]), out

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT_S = 60.0
 MAX_AUDIO_S = 600  # the longest input, and each input's decode limit
 WORKER_ENV = {"PARAKEET_MODEL": str(MODEL_PATH), "PARAKEET_ALLOW_PRIVATE_URLS": "1", "PARAKEET_CONCURRENCY": "3",
-              "PARAKEET_CPU_THREADS": "2", "PARAKEET_WS_PORT": "0", "PARAKEET_MAX_AUDIO_S": str(MAX_AUDIO_S),
+              "PARAKEET_CPU_THREADS": "2", "PARAKEET_WS_PORT": "0", "PARAKEET_GRPC_PORT": "0", "PARAKEET_MAX_AUDIO_S": str(MAX_AUDIO_S),
               "PARAKEET_JOB_AUDIO_BUDGET_S": str(2 * MAX_AUDIO_S)}
 # What the worker may allocate beyond its size once warm, in the memory-capped test: a regression that holds
 # every refused input's audio (64 x 38 MB) passes it; the bounded job (two inputs decoding at once) stays far below.

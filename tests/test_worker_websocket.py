@@ -29,7 +29,7 @@ from tests.test_worker import JOB_TIMEOUT_S, WORKER_ENV, flac_b64, result
 
 REPO = Path(__file__).resolve().parent.parent
 
-ENV = {**WORKER_ENV, "PARAKEET_WS_HOST": "127.0.0.1", "PARAKEET_WS_PORT": "0"}
+ENV = {**WORKER_ENV, "PARAKEET_WS_HOST": "127.0.0.1", "PARAKEET_WS_PORT": "0", "PARAKEET_GRPC_PORT": "0"}
 
 
 @pytest.fixture(scope="module")

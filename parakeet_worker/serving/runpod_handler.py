@@ -122,6 +122,14 @@ class TranscriptionService:
         outcomes = await self.batch.transcribe(request, progress=_Progress(job).update)
         return job_output(request, outcomes, started)
 
+    def _grpc_target(self) -> dict[str, str]:
+        """``{"grpc_target": "host:port"}`` of the Riva gRPC face (the job's token goes in its ``authorization``
+        metadata), or nothing when it is off."""
+        if self.streams is None or self.streams.grpc_port is None:
+            return {}
+        host, port, _ = public_address(self.settings, self.streams.grpc_port, grpc=True)
+        return {"grpc_target": f"{host}:{port}"}
+
     async def _websocket(self, job: dict[str, Any], request: WebsocketRequest) -> dict[str, Any]:
         """Grant one real-time session, announce how to reach it, and stay IN_PROGRESS until it ends."""
         if self.streams is None:
@@ -134,6 +142,7 @@ class TranscriptionService:
         ready = {
             "status": "ready", "ws_url": f"ws://{host}:{port}/?token={grant.token}", "host": host, "port": port,
             "address": which, "token": grant.token, "protocol": PROTOCOL_VERSION,
+            **self._grpc_target(),
             "sample_rates": [MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ], "encoding": ENCODING,
             "limits": {"idle_timeout_s": grant.limits.idle_timeout_s, "max_session_s": grant.limits.max_session_s,
                        "connect_timeout_s": grant.limits.connect_timeout_s},
@@ -262,7 +271,8 @@ def main() -> None:
     # One batch service for RunPod's jobs and the HTTP faces (OpenAI REST): one load pool, one audio budget.
     batch = BatchService(engine, settings, options=options, metrics=metrics,
                          active_sessions=lambda: streams.active_sessions if streams else None)
-    server_thread = ServerThread(StreamServer(engine, settings, options.server, metrics=metrics, batch=batch))
+    server_thread = ServerThread(StreamServer(engine, settings, options.server, metrics=metrics, batch=batch,
+                                              grpc_port=settings.grpc_port or None))
     try:
         streams = server_thread.start()
     except OSError as exc:  # batch jobs still work; websocket jobs get an error naming the problem
@@ -273,6 +283,10 @@ def main() -> None:
         logger.info("WebSocket sessions will be announced at %s:%d (%s address; RUNPOD_PUBLIC_IP=%r, "
                     "RUNPOD_TCP_PORT_%d=%r)", host, port, which, settings.runpod_public_ip or None,
                     settings.ws_port, settings.runpod_tcp_port or None)
+        if streams.grpc_port is not None:
+            host, port, which = public_address(settings, streams.grpc_port, grpc=True)
+            logger.info("the Riva gRPC face will be announced at %s:%d (%s address; RUNPOD_TCP_PORT_%d=%r)", host,
+                        port, which, settings.grpc_port, settings.runpod_grpc_tcp_port or None)
     info = engine.info()
     logger.info("ready: %s (%s, %s parameters) on %s/%s, load %.1f s, warm-up %.2f s", info.model, info.source,
                 f"{info.parameters:,}", info.device, info.dtype, info.load_seconds, info.warmup_seconds)

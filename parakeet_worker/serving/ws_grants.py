@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from parakeet_worker.serving.protocol import MAX_FRAME_AUDIO_S, MAX_FRAME_BYTES, EndReason
 
 if TYPE_CHECKING:
-    from parakeet_worker.serving.ws_session import Session
+    from parakeet_worker.serving.faces import LiveSession
 
 logger = logging.getLogger("websocket_handler")
 
@@ -59,7 +59,7 @@ class Grant:
     multi_use: bool = False
     created: float = field(default_factory=time.monotonic)
     summary: concurrent.futures.Future[SessionSummary] = field(default_factory=concurrent.futures.Future)
-    sessions: set[Session] = field(default_factory=set)
+    sessions: set[LiveSession] = field(default_factory=set)  # live now, of any face (cancelling the job ends them)
     used: bool = False
 
     def finish(self, summary: SessionSummary) -> None:

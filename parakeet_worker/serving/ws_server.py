@@ -21,6 +21,11 @@ uvicorn stops. The engine is closed by its owner afterwards (``engine.close(grac
 The routes are :mod:`~parakeet_worker.serving.app`'s; the native protocol's face is
 :mod:`~parakeet_worker.serving.native_face`, one connection's protocol :mod:`~parakeet_worker.serving.ws_session`;
 limits, grants and summaries :mod:`~parakeet_worker.serving.ws_grants`.
+
+Given a ``grpc_port`` (the composition roots pass ``PARAKEET_GRPC_PORT``; 0 there means off, here it binds a free
+port), the server also runs the Riva-compatible gRPC face (:mod:`~parakeet_worker.serving.grpc_server`) on the same
+loop with the same context: its sessions count toward the limit and are drained like the others', and it stops
+after them.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from parakeet_worker.observability import Metrics, current_context
 from parakeet_worker.serving.app import FACES, FaceRoutes, build_app
 from parakeet_worker.serving.batch import BatchService
 from parakeet_worker.serving.faces import FaceContext, LiveSession, token_digest, tokens_equal
+from parakeet_worker.serving.grpc_server import GrpcServer
 from parakeet_worker.serving.protocol import PROTOCOL_VERSION, EndReason
 from parakeet_worker.serving.ws_grants import Grant, RefusalGuard, ServerLimits, SessionSummary
 
@@ -85,7 +91,8 @@ class StreamServer:
 
     def __init__(self, engine: ParakeetEngine, settings: Settings, limits: ServerLimits | None = None,
                  *, ready: Callable[[], bool] | None = None, metrics: Metrics | None = None,
-                 faces: Sequence[FaceRoutes] | None = None, batch: BatchService | None = None) -> None:
+                 faces: Sequence[FaceRoutes] | None = None, batch: BatchService | None = None,
+                 grpc_port: int | None = None) -> None:
         self.engine = engine
         self.metrics = metrics or Metrics(None)
         self.settings = settings
@@ -100,6 +107,8 @@ class StreamServer:
         self._serving: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = settings.ws_port
+        self.grpc_port = grpc_port  # None: no gRPC face; 0: a free port, set to the bound one once started
+        self._grpc: GrpcServer | None = None
         # The one FaceContext of the worker: every face gets this one.
         self.ctx = FaceContext(engine=engine, settings=settings, metrics=self.metrics, limits=self.limits,
                                sessions=self, authorize=self.authorize, ready=self._ready, refused=self.refused,
@@ -126,6 +135,14 @@ class StreamServer:
         self.port = sock.getsockname()[1]
         logger.info("server listening on %s:%d (HTTP and WebSocket, %s)", self.settings.ws_host, self.port,
                     PROTOCOL_VERSION)
+        if self.grpc_port is not None:
+            grpc_server = GrpcServer(self.ctx, self.settings.ws_host, self.grpc_port)
+            try:
+                self.grpc_port = await grpc_server.start()
+                self._grpc = grpc_server
+            except OSError as exc:  # the WebSocket faces still serve; the log names the problem
+                logger.error("the Riva gRPC face is off: %s", exc)
+                self.grpc_port = None
 
     async def stop(self) -> None:
         await self.shutdown(SHUTDOWN_GRACE_S)
@@ -148,6 +165,8 @@ class StreamServer:
                     task.cancel()
                 for session in sessions:
                     session.abandon()
+        if self._grpc is not None:  # its sessions are over (or abandoned): RPCs still running are cancelled
+            await self._grpc.stop()
         if self._uvicorn is not None and self._serving is not None:
             self._uvicorn.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
@@ -269,10 +288,12 @@ class ServerThread:
             self._thread.join(10)
 
 
-def public_address(settings: Settings, port: int) -> tuple[str, int, str]:
-    """(host, port, which) a client should use: RunPod's public IP and mapped TCP port when set."""
-    if settings.runpod_public_ip and settings.runpod_tcp_port:
-        return settings.runpod_public_ip, settings.runpod_tcp_port, "public"
+def public_address(settings: Settings, port: int, *, grpc: bool = False) -> tuple[str, int, str]:
+    """(host, port, which) a client should use: RunPod's public IP and mapped TCP port when set. ``grpc``: the
+    gRPC port's (``RUNPOD_TCP_PORT_<grpc_port>``) instead of the WebSocket port's."""
+    mapped = settings.runpod_grpc_tcp_port if grpc else settings.runpod_tcp_port
+    if settings.runpod_public_ip and mapped:
+        return settings.runpod_public_ip, mapped, "public"
     host = settings.ws_host if settings.ws_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     return host, port, "internal"
 
