@@ -21,6 +21,7 @@ import torch
 from parakeet_worker.config import Settings
 from parakeet_worker.model import Recognizer, load_model
 from testmodel.heldout import ASSETS, MODEL_PATH, Clip, LongClip, WerStats, concatenate, load_heldout, wer
+from testmodel.robustness import Robustness, measure
 
 logger = logging.getLogger("testmodel.evaluate")
 
@@ -28,6 +29,39 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "TEST_MODEL.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 SEEN, UNSEEN, LONG = "seen voices, 1–20 s", "unseen voices, 1–20 s", "60 s concatenations (pauses 0.4–1.5 s)"
 GOAL_WER = {SEEN: 5.0, UNSEEN: 7.0}  # issue 2's goals for the held-out clips
+ROBUST_ALL, ROBUST_SUBSET = "all 80 held-out clips", "first 10 clips of each split"
+GOAL_ROBUST_PERCENT = 97.0  # issue 18: clips whose transcript survives every cut-point variant
+SUBSET_PER_SPLIT = 10
+
+
+def robustness_subset(clips: list[Clip]) -> list[Clip]:
+    """The fast test's clips: the first :data:`SUBSET_PER_SPLIT` of each split."""
+    return [c for split in ("seen", "unseen") for c in [c for c in clips if c.split == split][:SUBSET_PER_SPLIT]]
+
+
+def documented_robust(label: str) -> tuple[int, ...]:
+    """The robustness row ``label`` as ``--write`` last wrote it: robust clips, then clips unchanged per variant."""
+    found = re.search(rf"^\| {re.escape(label)} \| \d+ \| (\d+) \| [\d.]+ \|([\d |]+)\|$", DOC.read_text(), re.M)
+    if not found:
+        raise LookupError(f"docs/TEST_MODEL.md has no '{label}' robustness row: run `python -m testmodel.evaluate "
+                          "--write`")
+    return (int(found.group(1)), *(int(n) for n in found.group(2).split("|")))
+
+
+def robustness_of(recognizer: Recognizer, clips: list[Clip]) -> Robustness:
+    return measure(lambda batch: transcribe_all(recognizer, batch), [(c.name, c.audio) for c in clips])
+
+
+def robustness_lines(full: Robustness, subset: Robustness) -> list[str]:
+    variants = list(full.same_by_variant)
+    lines = ["Cut-point robustness (`testmodel/robustness.py`): clips whose transcript is exactly the rendered clip's "
+             f"under every variant (goal ≥ {GOAL_ROBUST_PERCENT:.0f} %), and per variant the clips unchanged:", "",
+             "| clips | n | robust | robust % | " + " | ".join(variants) + " |",
+             "|---|---|---|---|" + "---|" * len(variants)]
+    for label, r in ((ROBUST_ALL, full), (ROBUST_SUBSET, subset)):
+        lines.append(f"| {label} | {r.clips} | {r.robust} | {r.robust_percent:.1f} | "
+                     + " | ".join(str(r.same_by_variant[v]) for v in variants) + " |")
+    return lines
 
 
 def documented_wer(label: str) -> float:
@@ -87,6 +121,8 @@ def main() -> None:
     longs = concatenate(clips, target_s=60.0)
     lines.append(row(LONG, len(longs),
                      sum(c.audio.shape[0] for c in longs) / 16_000, score_long(recognizer, longs)))
+    lines.append("")
+    lines += robustness_lines(robustness_of(recognizer, clips), robustness_of(recognizer, robustness_subset(clips)))
     lines.append("")
     lines.append(f"Measured by `python -m testmodel.evaluate --write` in {time.monotonic() - started:.0f} s "
                  f"on {torch.get_num_threads()} CPU threads.")

@@ -6,12 +6,22 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from testmodel import corpus
-from testmodel.evaluate import LONG, documented_wer
+from testmodel.evaluate import (
+    LONG,
+    ROBUST_SUBSET,
+    SUBSET_PER_SPLIT,
+    documented_robust,
+    documented_wer,
+    robustness_of,
+    robustness_subset,
+)
 from testmodel.heldout import HELDOUT_DIR, concatenate
 from testmodel.make import plan_corpus
+from testmodel.robustness import LEADING_S, TRAILING_S, speech_bounds, variants
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "TEST_MODEL.md"
 
@@ -93,3 +103,35 @@ def test_transcription_is_deterministic_and_leaves_eval_mode(recognizer, heldout
     second = [t.text for t in recognizer.transcribe(audio)]
     assert first == second
     assert not any(m.training for m in recognizer.model.modules())
+
+
+def test_cut_point_variants_put_the_silence_where_they_say() -> None:
+    """The robustness variants move only where the audio starts and ends: trailing silence after the last voiced
+    sample and leading silence before the first are what each variant's name says (to a 10-ms frame), the words
+    are the rendered clip's samples, and the zeros variant is the clip plus 1 s of digital zeros."""
+    rng = np.random.default_rng(3)
+    floor = (rng.standard_normal(16000) * 0.001).astype(np.float32)
+    tone = (0.3 * np.sin(np.arange(16000) * 2 * np.pi * 220 / 16000)).astype(np.float32)
+    clip = np.concatenate([floor[:4000], tone, floor[:8000]])  # 0.25 s, 1 s voiced, 0.5 s
+    assert speech_bounds(clip) == (4000, 20000)
+    cut = variants(clip)
+    for seconds in TRAILING_S:
+        audio = cut[f"trail {seconds:g} s"]
+        assert len(audio) - speech_bounds(audio)[1] == round(seconds * 16000)
+        assert np.array_equal(audio[:20000], clip[:20000])
+    for seconds in LEADING_S:
+        audio = cut[f"lead {seconds:g} s"]
+        assert speech_bounds(audio)[0] == round(seconds * 16000)
+        assert np.array_equal(audio[round(seconds * 16000):], clip[4000:])
+    zeros = cut["+1 s zeros"]
+    assert np.array_equal(zeros[: len(clip)], clip) and not zeros[len(clip):].any() and len(zeros) == len(clip) + 16000
+
+
+def test_cut_point_robustness_on_a_subset_is_the_documented_one(recognizer, heldout_clips) -> None:
+    """How many held-out clips keep their transcript under every cut-point variant (issue 18's goal: >= 97 %).
+    The committed model does NOT meet it (docs/TEST_MODEL.md, Status): this asserts the documented figure for the
+    subset, so a model or pipeline change that moves it is seen; when a model meets the goal, assert the goal."""
+    robustness = robustness_of(recognizer, robustness_subset(heldout_clips))
+    assert robustness.clips == 2 * SUBSET_PER_SPLIT
+    measured = (robustness.robust, *robustness.same_by_variant.values())
+    assert measured == documented_robust(ROBUST_SUBSET), robustness.changed
