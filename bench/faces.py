@@ -2,21 +2,31 @@
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m bench.faces --sessions 8 --out faces.json      # all three parts
     .venv/bin/python -m bench.faces latency --sessions 8 --seconds 40 --cycles 2
+    .venv/bin/python -m bench.faces latency --faces native,riva --end endpoint --sessions 8 --cycles 2
     .venv/bin/python -m bench.faces rest --rest-clients 4 --rounds 4
     .venv/bin/python -m bench.faces lb_start --lb-runs 3
 
 Every part runs the real worker as its own process with the committed test model and the worker's default options
 (``PARAKEET_CPU_THREADS=--threads``, ``OMP_WAIT_POLICY=PASSIVE``, metrics file off); the clients are this process.
 
-- ``latency``: the standalone server (``websocket_handler.py --token``) and ``--sessions`` real-time sessions at
-  once, in rounds: in round r session s speaks face ``(s + r) % 3`` of native / Deepgram / Realtime, so each round
-  mixes the faces and, over a cycle of three rounds, every session's audio (held-out clips and 1.2 s pauses, the
-  same PCM16 bytes at 16 kHz on every face, the same start offset) goes once through each face. 200 ms after each
-  clip's speech the client ends the utterance — native ``finalize``, Deepgram ``Finalize`` (``endpointing=false``),
-  Realtime ``input_audio_buffer.commit`` (``turn_detection: null``) — and measures the time to its final (the
-  ``from_finalize`` final; ``.completed``). Reported per face: p50/p95/p99/max; per other face: its p50 and p95 less
-  native's, and the same-utterance differences (face - native on the same audio in the same cycle); whether the
-  three finals of each utterance are identical. Target: within 10 ms (p50) and 20 ms (p95) of native.
+- ``latency``: the standalone server (``websocket_handler.py --token``, its gRPC port on ``--grpc-port``) and
+  ``--sessions`` real-time sessions at once, in rounds: in round r session s speaks face ``(s + r) % len(faces)`` of
+  ``--faces`` (default native / Deepgram / Realtime; ``riva`` is the gRPC face), so each round mixes the faces and,
+  over a cycle of one round per face, every session's audio (held-out clips and 1.2 s pauses, the same PCM16 bytes
+  at 16 kHz on every face, the same start offset) goes once through each face. ``--end client`` (default): 200 ms
+  after each clip's speech the client ends the utterance — native ``finalize``, Deepgram ``Finalize``
+  (``endpointing=false``), Realtime ``input_audio_buffer.commit`` (``turn_detection: null``), Riva
+  ``runtime_config={"force_eou": "true"}`` (``stop_history`` at its 10 s maximum) — and measures the time to its
+  final (the ``from_finalize`` final; ``.completed``; the ``is_final`` result). ``--end endpoint``: the client never
+  ends an utterance; the server's VAD does, with a 320 ms silence window on every face (native ``endpointing:
+  true, endpoint_silence_ms: 320``, Deepgram ``endpointing=320``, Realtime ``server_vad`` with ``silence_duration_ms:
+  320``, Riva ``endpointing_config.stop_history=320``), and the latency runs from sending the frame that holds the
+  clip's last voiced sample (|x| > 0.02) to the final; finals are assigned to utterances by when they arrive
+  (bench/faces_clients.py ``match_finals``), and an utterance without a final or a final left over is counted, not
+  shifted onto the next. Reported per face: p50/p95/p99/max and the missing / extra finals; per other face: its
+  p50 and p95 less native's, and the same-utterance differences (face - native on the same audio in the same
+  cycle); whether the finals of each utterance are identical on every face. Target: within 10 ms (p50) and 20 ms
+  (p95) of native.
 - ``rest``: one worker process as ``rp_handler.py`` builds it (engine, one batch service, the app with every face,
   the RunPod SDK's local API ``/runsync``), plus a token on its app; the held-out clips (their FLAC files) through
   ``POST /v1/audio/transcriptions`` and through ``/runsync`` (``audio_base64``), ``--rest-clients`` concurrent
@@ -54,6 +64,7 @@ from bench.faces_clients import (
     FRAME_S,
     SAMPLE_RATE_HZ,
     PassResult,
+    ServerTarget,
     SessionPlan,
     SessionResult,
     Upload,
@@ -61,6 +72,7 @@ from bench.faces_clients import (
     run_session,
     transcribe_all,
 )
+from bench.faces_riva import CLIENTS
 from testmodel.heldout import HELDOUT_DIR, MODEL_PATH, load_heldout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,6 +81,8 @@ START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
 POLL_S = 0.02  # /ping and readiness polling
 CLIENT_VAD_WAIT_S = 0.2  # the client ends an utterance this long after its speech (its own VAD)
+ENDPOINT_MS = 320  # --end endpoint: the server VAD's silence window on every face (Pipecat's Riva stop_history)
+VOICED_ABOVE = 0.02  # a sample louder than this is speech (where a clip's speech begins and ends)
 TARGET_P50_MS, TARGET_P95_MS = 10.0, 20.0  # a face's finalize latency over native's
 TARGET_REST_RATIO = 0.9
 
@@ -140,58 +154,79 @@ def _ms_stats(values_s: list[float]) -> dict[str, Any]:
 
 
 # --- part 1: finalize latency per face ----------------------------------------------------------------------------
+def voiced_frames(clip: np.ndarray, offset: int) -> tuple[int, int]:
+    """The frames (0-based, of the session) holding the first and the last voiced sample of a clip that starts at
+    sample ``offset``."""
+    voiced = np.nonzero(np.abs(clip) > VOICED_ABOVE)[0]
+    step = int(FRAME_S * SAMPLE_RATE_HZ)
+    return (offset + int(voiced[0])) // step, (offset + int(voiced[-1])) // step
+
+
 def session_plans(clips: list[Any], sessions: int, seconds: float, seed: int) -> list[SessionPlan]:
     """One plan per session (as bench/streaming_sessions.py builds its sessions): held-out clips separated by
-    1.2 s pauses with a noise floor, as PCM16 bytes, each utterance ended 200 ms after its speech."""
+    1.2 s pauses with a noise floor, as PCM16 bytes, each utterance ended 200 ms after its speech (client-ended),
+    with the frames where each clip's speech begins and ends (server-endpointed)."""
     import random
 
-    from bench.streaming_sessions import session_audio
+    from bench.streaming_sessions import GAP_S, session_audio
     from client import pcm16
 
     rng = random.Random(seed)
     plans = []
     for _ in range(sessions):
-        audio, speech_ends, _ = session_audio(clips, seconds, rng)
+        audio, speech_ends, used = session_audio(clips, seconds, rng)
         frames = math.ceil(audio.shape[0] / (FRAME_S * SAMPLE_RATE_HZ))
         ends = tuple(n for n in (math.ceil((end + CLIENT_VAD_WAIT_S) / FRAME_S - 1e-6) for end in speech_ends)
                      if n <= frames)
-        plans.append(SessionPlan(pcm=pcm16(audio), end_after_frames=ends, delay_s=rng.uniform(0.0, 1.0)))
+        offsets = np.cumsum([0] + [len(c.audio) + int(GAP_S * SAMPLE_RATE_HZ) for c in used])
+        assert offsets[-1] == audio.shape[0], "the clips and pauses tile the session's audio"
+        voiced = [voiced_frames(c.audio, int(offset)) for c, offset in zip(used, offsets)]
+        plans.append(SessionPlan(pcm=pcm16(audio), end_after_frames=ends, delay_s=rng.uniform(0.0, 1.0),
+                                 speech_start_frames=tuple(a for a, _ in voiced),
+                                 speech_end_frames=tuple(b for _, b in voiced)))
     return plans
 
 
-async def _latency_rounds(ws_base: str, plans: list[SessionPlan], cycles: int,
-                          progress: Callable[[str], None]) -> list[tuple[int, list[SessionResult]]]:
+async def _latency_rounds(target: ServerTarget, plans: list[SessionPlan], faces: tuple[str, ...], cycles: int,
+                          endpoint_ms: int | None, progress: Callable[[str], None]
+                          ) -> list[tuple[int, list[SessionResult]]]:
     rounds = []
     for cycle in range(cycles):
-        for r in range(len(FACE_NAMES)):
-            faces = [FACE_NAMES[(s + r) % len(FACE_NAMES)] for s in range(len(plans))]
-            results = await asyncio.gather(*(run_session(face, s, plan, ws_base, TOKEN)
-                                             for s, (face, plan) in enumerate(zip(faces, plans))))
+        for r in range(len(faces)):
+            spoken = [faces[(s + r) % len(faces)] for s in range(len(plans))]
+            results = await asyncio.gather(*(run_session(CLIENTS[face](target, endpoint_ms), s, plan)
+                                             for s, (face, plan) in enumerate(zip(spoken, plans))))
             rounds.append((cycle, list(results)))
-            progress(f"latency: cycle {cycle + 1}/{cycles}, round {r + 1}/{len(FACE_NAMES)} done")
+            progress(f"latency: cycle {cycle + 1}/{cycles}, round {r + 1}/{len(faces)} done")
     return rounds
 
 
-def latency_summary(rounds: list[tuple[int, list[SessionResult]]]) -> dict[str, Any]:
-    """Per face, the latency distribution; per other face, its distance from native (of the percentiles, and
-    paired on the same utterance); whether the finals of the same utterance are identical across faces."""
-    by_face: dict[str, list[float]] = {face: [] for face in FACE_NAMES}
+def latency_summary(rounds: list[tuple[int, list[SessionResult]]], face_names: tuple[str, ...] = FACE_NAMES
+                    ) -> dict[str, Any]:
+    """Per face, the latency distribution and the utterances without a final (finals left over); per other face,
+    its distance from native (of the percentiles, and paired on the same utterance); whether the finals of the same
+    utterance are identical across faces."""
+    by_face: dict[str, list[float]] = {face: [] for face in face_names}
     utterances: dict[tuple[int, int, int], dict[str, tuple[float, str]]] = {}
-    errors: dict[str, list[str]] = {face: [] for face in FACE_NAMES}
+    errors: dict[str, list[str]] = {face: [] for face in face_names}
+    counts = {face: {"missing_finals": 0, "extra_finals": 0, "empty_finals": 0} for face in face_names}
     failures: list[str] = []
     for cycle, results in rounds:
         for res in results:
             by_face[res.face] += res.latency_s
             errors[res.face] += res.errors
+            counts[res.face]["missing_finals"] += res.missing
+            counts[res.face]["extra_finals"] += res.extra
+            counts[res.face]["empty_finals"] += res.empty
             if res.failure:
                 failures.append(f"{res.face} session {res.session}: {res.failure}")
-            for j, (latency, text) in enumerate(zip(res.latency_s, res.finals)):
+            for j, latency, text in zip(res.utterances, res.latency_s, res.finals):
                 utterances.setdefault((cycle, res.session, j), {})[res.face] = (latency, text)
     faces: dict[str, Any] = {face: {**_ms_stats(v), "errors": sorted(set(errors[face])),
-                                    "error_count": len(errors[face])} for face, v in by_face.items()}
-    native = faces["native"]
+                                    "error_count": len(errors[face]), **counts[face]} for face, v in by_face.items()}
     versus: dict[str, Any] = {}
-    for face in FACE_NAMES[1:]:
+    for face in (f for f in face_names if f != "native" and "native" in face_names):
+        native = faces["native"]
         diffs = [u[face][0] - u["native"][0] for u in utterances.values() if face in u and "native" in u]
         p50, p95 = (None if faces[face][q] is None or native[q] is None else round(faces[face][q] - native[q], 1)
                     for q in ("p50", "p95"))
@@ -200,9 +235,9 @@ def latency_summary(rounds: list[tuple[int, list[SessionResult]]]) -> dict[str, 
                                            "mean": round(statistics.fmean(diffs) * 1000, 1) if diffs else None},
                         "meets_target": p50 is not None and p95 is not None and p50 <= TARGET_P50_MS
                         and p95 <= TARGET_P95_MS}
-    complete = [u for u in utterances.values() if len(u) == len(FACE_NAMES)]
-    differing = [{face: u[face][1] for face in FACE_NAMES} for u in complete
-                 if len({u[face][1] for face in FACE_NAMES}) > 1]
+    complete = [u for u in utterances.values() if len(u) == len(face_names)]
+    differing = [{face: u[face][1] for face in face_names} for u in complete
+                 if len({u[face][1] for face in face_names}) > 1]
     return {"faces": faces, "versus_native": versus,
             "target_ms": {"p50": TARGET_P50_MS, "p95": TARGET_P95_MS},
             "finals": {"utterances_on_all_faces": len(complete), "identical": len(complete) - len(differing),
@@ -213,17 +248,24 @@ def latency_summary(rounds: list[tuple[int, list[SessionResult]]]) -> dict[str, 
 def run_latency(args: argparse.Namespace, clips: list[Any], tmp: Path, progress: Callable[[str], None]
                 ) -> dict[str, Any]:
     plans = session_plans(clips, args.sessions, args.seconds, args.seed)
-    port = free_port()
+    faces: tuple[str, ...] = tuple(args.faces)
+    endpoint_ms = ENDPOINT_MS if args.end == "endpoint" else None
+    port, grpc_port = free_port(), free_port()
     log_path = tmp / "standalone.log"
-    command = ["websocket_handler.py", "--host", "127.0.0.1", "--port", str(port), "--token", TOKEN]
+    command = ["websocket_handler.py", "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port),
+               "--token", TOKEN]
     with worker_process(command, worker_env(args.threads), log_path) as proc:
-        start_s = wait_until(lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, proc, log_path,
-                             "/readyz 200")
+        start_s = wait_until(lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200 and _listening(grpc_port),
+                             proc, log_path, "/readyz 200 and the gRPC port listening")
         progress(f"latency: standalone server ready in {start_s:.1f} s")
-        rounds = asyncio.run(_latency_rounds(f"ws://127.0.0.1:{port}", plans, args.cycles, progress))
+        target = ServerTarget(f"ws://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", TOKEN)
+        rounds = asyncio.run(_latency_rounds(target, plans, faces, args.cycles, endpoint_ms, progress))
+    spoken = sum(len(p.speech_end_frames) for p in plans)
     return {"sessions": args.sessions, "seconds_per_session": args.seconds, "cycles": args.cycles,
-            "rounds": len(rounds), "utterances_per_cycle": sum(len(p.end_after_frames) for p in plans),
-            **latency_summary(rounds)}
+            "rounds": len(rounds), "faces_compared": list(faces), "end": args.end,
+            "endpoint_silence_ms": endpoint_ms,
+            "utterances_per_cycle": sum(len(p.end_after_frames) for p in plans) if endpoint_ms is None else spoken,
+            **latency_summary(rounds, faces)}
 
 
 # --- part 2: REST vs job throughput -------------------------------------------------------------------------------
@@ -363,13 +405,26 @@ def failed(report: Mapping[str, Any]) -> bool:
                 or (lb and any(r["exit_code_on_sigterm"] != 0 for r in lb["runs"])))
 
 
+def _faces(value: str) -> tuple[str, ...]:
+    faces = tuple(dict.fromkeys(f.strip() for f in value.split(",") if f.strip()))
+    unknown = sorted(set(faces) - set(CLIENTS))
+    if not faces or unknown:
+        raise argparse.ArgumentTypeError(f"{value!r}: name one or more faces, comma-separated, of "
+                                         f"{', '.join(CLIENTS)}")
+    return faces
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("parts", nargs="*", default=list(PARTS), help=f"which parts to run: {', '.join(PARTS)} "
                         "(default: all)")
     parser.add_argument("--sessions", type=int, default=8, help="latency: real-time sessions at once")
     parser.add_argument("--seconds", type=float, default=40.0, help="latency: audio per session")
-    parser.add_argument("--cycles", type=int, default=1, help="latency: cycles of three rounds (one per face)")
+    parser.add_argument("--cycles", type=int, default=1, help="latency: cycles of one round per face")
+    parser.add_argument("--faces", type=_faces, default=FACE_NAMES, help="latency: the live faces compared, "
+                        f"comma-separated, of {', '.join(CLIENTS)} (default: {','.join(FACE_NAMES)})")
+    parser.add_argument("--end", choices=("client", "endpoint"), default="client", help="latency: who ends the "
+                        f"utterances: the client (finalize and its kin) or the server's VAD ({ENDPOINT_MS} ms)")
     parser.add_argument("--clips", type=int, default=0, help="rest: the first N held-out clips (0: all)")
     parser.add_argument("--rest-clients", type=int, default=4, help="rest: concurrent clients")
     parser.add_argument("--rounds", type=int, default=4, help="rest: passes of each path (ABBA order)")
