@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up everything on a fresh machine: system packages (ffmpeg, libsndfile; espeak-ng with --recipe) and a
-# virtualenv in .venv/ with the Python dependencies. Safe to run again: it skips what is already there.
+# Set up everything on a fresh machine: system packages (ffmpeg, libsndfile, chromium and chromium-driver for the
+# browser tests; espeak-ng with --recipe) and a virtualenv in .venv/ with the Python dependencies. Safe to run
+# again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,10 @@ want_recipe=0
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 ldconfig -p 2>/dev/null | grep -q libsndfile.so || need+=(libsndfile1)
+# Headless Chromium and its driver for tests/test_browser.py: Debian's packages, used as installed (Selenium is
+# given both paths, so it downloads nothing).
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [[ $want_recipe == 1 ]]; then
   command -v espeak-ng >/dev/null || need+=(espeak-ng)
 fi

@@ -42,6 +42,7 @@ _MODULE_MARKS: dict[str, tuple[str, ...]] = {
     "test_openai_realtime": ("socket", "model"),  # the OpenAI Realtime face, driven by the openai SDK
     "test_deepgram": ("socket", "model"),  # the Deepgram live face, driven by deepgram-sdk
     "test_riva": ("socket", "model"),  # the Riva gRPC face, driven by nvidia-riva-client
+    "test_browser": ("socket", "model"),  # the browser page in headless Chromium (Selenium) against the app
     "test_lb": ("socket", "worker", "model"),  # the worker in RunPod load-balancing mode
     "test_pipecat": ("socket", "model"),  # Pipecat pipelines (.venv-pipecat) against the Deepgram and Realtime faces
 }

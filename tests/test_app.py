@@ -96,10 +96,9 @@ async def test_healthz_is_alive_and_readyz_follows_the_model(engine) -> None:  #
         await srv.stop()
 
 
-async def test_a_plain_get_of_the_native_endpoint_is_told_to_upgrade(server) -> None:
-    status, headers, body = await get(server.port, "/")
-    assert status == 426 and headers["upgrade"] == "websocket"
-    assert "WebSocket" in json.loads(body)["error"]
+async def test_a_plain_get_of_the_root_is_the_browser_page(server) -> None:
+    status, headers, body = await get(server.port, "/")  # the WebSocket at / is the native protocol's
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8" and b"/static/app.js" in body
 
 
 async def test_metrics_count_a_real_session_and_a_refused_handshake(server, heldout_clips) -> None:
@@ -111,14 +110,14 @@ async def test_metrics_count_a_real_session_and_a_refused_handshake(server, held
     with pytest.raises(InvalidStatus) as refusal:
         await connect(url(server, "not-the-token"))
     assert refusal.value.response.status_code == 401
-    await get(server.port, "/")  # 426
+    await get(server.port, "/")  # the browser page
     await eventually(lambda: server.active_sessions == 0)
 
     samples = await scrape(server.port)
     native = {"face": "native", "route": "/"}
     assert sample(samples, "parakeet_requests_total", **native, status="101") == 1
     assert sample(samples, "parakeet_requests_total", **native, status="401") == 1
-    assert sample(samples, "parakeet_requests_total", **native, status="426") == 1
+    assert sample(samples, "parakeet_requests_total", face="page", route="/", status="200") == 1
     assert sample(samples, "parakeet_sessions_opened_total", face="native") == 1
     assert sample(samples, "parakeet_sessions_active", face="native") == 0
     assert sample(samples, "parakeet_finished_total", face="native", kind="stream", outcome="ok") == 1
@@ -137,7 +136,7 @@ async def test_each_server_has_its_own_metrics(server, engine) -> None:  # noqa:
         samples = await scrape(other.port)
     finally:
         await other.stop()
-    assert sample(samples, "parakeet_requests_total", face="native", route="/", status="426") is None
+    assert sample(samples, "parakeet_requests_total", face="page", route="/", status="200") is None
 
 
 # --- a second face on the same app -------------------------------------------------------------------------------

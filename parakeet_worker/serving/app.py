@@ -25,13 +25,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parakeet_worker.observability import Metrics, log_context
 from parakeet_worker.observability.prometheus import exposition, metrics_registry
-from parakeet_worker.serving import deepgram_face, native_face, openai_rest, realtime_face
+from parakeet_worker.serving import deepgram_face, native_face, openai_rest, page_face, realtime_face
 from parakeet_worker.serving.faces import FaceContext
 
 FaceRoutes = Callable[[FaceContext], list[BaseRoute]]
 
 # The faces the worker serves, in routing order (a path two faces both claim goes to the first).
-FACES: tuple[FaceRoutes, ...] = (native_face.routes, openai_rest.routes, realtime_face.routes, deepgram_face.routes)
+FACES: tuple[FaceRoutes, ...] = (native_face.routes, page_face.routes, openai_rest.routes, realtime_face.routes,
+                                 deepgram_face.routes)
 
 WORKER_FACE = "worker"  # the label of the worker's own routes (/healthz, /readyz, /metrics)
 UNMATCHED = ("none", "unmatched")  # (face, route) labels of a request no route matched

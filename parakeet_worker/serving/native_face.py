@@ -7,9 +7,11 @@ The handshake is checked before it is accepted, in this order, each refusal an H
 worker is at its session limit (503). An accepted connection is one :class:`~parakeet_worker.serving.ws_session.
 Session`, which this module connects to Starlette's WebSocket (:class:`StarletteConnection`). Tokens are the
 server's grants (a ``websocket`` job's single-use token, the standalone token), which this face reads through
-the server's :class:`~parakeet_worker.serving.ws_grants.GrantBook`.
+the server's :class:`~parakeet_worker.serving.ws_grants.GrantBook`. :func:`check_handshake` is those checks alone,
+for any request: the browser page's access probe (:mod:`~parakeet_worker.serving.page_face`) answers with them,
+since a browser's WebSocket cannot read a refused handshake's answer.
 
-A plain ``GET /`` (no WebSocket upgrade) is answered 426 with a hint.
+A plain ``GET /`` (no WebSocket upgrade) is the browser page's (:mod:`~parakeet_worker.serving.page_face`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from parakeet_worker.observability import log_context
@@ -28,10 +30,6 @@ from parakeet_worker.serving.ws_grants import Grant, GrantBook
 from parakeet_worker.serving.ws_session import ConnectionGone, Session
 
 logger = logging.getLogger("websocket_handler")
-
-UPGRADE_HINT = ("this is the native streaming protocol's WebSocket endpoint: connect a WebSocket client to "
-                "ws://HOST:PORT/?token=TOKEN (docs/PROTOCOL.md)")
-
 
 class StarletteConnection:
     """A :class:`~parakeet_worker.serving.ws_session.Connection` over Starlette's (uvicorn's) WebSocket."""
@@ -68,7 +66,7 @@ class StarletteConnection:
             await self.websocket.close(code, reason)
 
 
-def _address_of(connection: WebSocket | Request) -> str:
+def _address_of(connection: HTTPConnection) -> str:
     return connection.client.host if connection.client is not None else "unknown"
 
 
@@ -78,7 +76,7 @@ def _refusal(status: int, error: str, retry_after_s: float | None = None) -> JSO
 
 
 def routes(ctx: FaceContext) -> list[BaseRoute]:
-    """The native protocol's routes: the WebSocket at ``/`` and the 426 hint for a plain ``GET /``."""
+    """The native protocol's route: the WebSocket at ``/``."""
     book = ctx.sessions
     if not isinstance(book, GrantBook):
         raise TypeError("the native face needs the server's grants: its FaceContext.sessions must be a GrantBook "
@@ -86,7 +84,7 @@ def routes(ctx: FaceContext) -> list[BaseRoute]:
     grants: GrantBook = book
 
     async def native(websocket: WebSocket) -> None:
-        refusal = _check(ctx, grants, websocket)
+        refusal = check_handshake(ctx, grants, websocket)
         if isinstance(refusal, JSONResponse):
             await websocket.send_denial_response(refusal)
             return
@@ -109,21 +107,18 @@ def routes(ctx: FaceContext) -> list[BaseRoute]:
             grants.retire(grant)
             grant.finish(session.summary())
 
-    async def upgrade_required(request: Request) -> Response:
-        return JSONResponse({"error": UPGRADE_HINT}, status_code=426, headers={"Upgrade": "websocket"})
-
-    return [WebSocketRoute("/", native, name="native"), Route("/", upgrade_required, methods=["GET"])]
+    return [WebSocketRoute("/", native, name="native")]
 
 
-def _check(ctx: FaceContext, grants: GrantBook, websocket: WebSocket) -> JSONResponse | Grant:
+def check_handshake(ctx: FaceContext, grants: GrantBook, connection: HTTPConnection) -> JSONResponse | Grant:
     """The handshake's checks (the module's docstring): the grant that admits it, or the refusal to answer."""
     if grants.draining:
         return _refusal(503, "this worker is shutting down and takes no new sessions; start another job")
-    address = _address_of(websocket)
+    address = _address_of(connection)
     wait_s = grants.blocked_for(address)
     if wait_s > 0:
         return _refusal(429, f"too many refused connections from this address; retry in {wait_s:.0f} s", wait_s)
-    token = request_token(websocket.headers, websocket.query_params)
+    token = request_token(connection.headers, connection.query_params)
     grant = grants.grant_for(token)
     if grant is None:
         ctx.refused(address, f"{'no' if not token else 'an unknown'} token")
