@@ -191,11 +191,15 @@ def test_the_ready_announcement_is_the_documented_one() -> None:
     assert example
     documented = json.loads(example.group(1))
     ready = proto.Ready(ws_url="ws://h:1/?token=t", host="h", port=1, address="public", token="t",
-                        idle_timeout_s=30.0, max_session_s=3600.0, connect_timeout_s=120.0).to_json()
+                        idle_timeout_s=30.0, max_session_s=3600.0, connect_timeout_s=120.0,
+                        grpc_target="h:2").to_json()
     assert set(ready) == set(documented) and set(ready["limits"]) == set(documented["limits"])
     for key in ("protocol", "sample_rates", "encoding"):
         assert ready[key] == documented[key]
     assert documented["protocol"] == proto.PROTOCOL_VERSION in DOC.splitlines()[0]
+    without_grpc = proto.Ready(ws_url="ws://h:1/?token=t", host="h", port=1, address="public", token="t",
+                               idle_timeout_s=30.0, max_session_s=3600.0, connect_timeout_s=120.0).to_json()
+    assert set(ready) - set(without_grpc) == {"grpc_target"}  # announced only while the gRPC face is on
 
 
 # --- round trips -----------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from parakeet_worker.serving.batch import WORKER_VERSION, BatchService, error_ou
 from parakeet_worker.serving.budget import AudioBudget
 from parakeet_worker.serving.job_input import InfoRequest, TranscribeRequest, WebsocketRequest
 from parakeet_worker.serving.options import WorkerOptions, worker_options
-from parakeet_worker.serving.protocol import ENCODING, MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, PROTOCOL_VERSION
+from parakeet_worker.serving.protocol import Ready
 from parakeet_worker.serving.ws_server import ServerThread, StreamServer, public_address
 
 logger = logging.getLogger("rp_handler")
@@ -122,13 +122,13 @@ class TranscriptionService:
         outcomes = await self.batch.transcribe(request, progress=_Progress(job).update)
         return job_output(request, outcomes, started)
 
-    def _grpc_target(self) -> dict[str, str]:
-        """``{"grpc_target": "host:port"}`` of the Riva gRPC face (the job's token goes in its ``authorization``
-        metadata), or nothing when it is off."""
+    def _grpc_target(self) -> str | None:
+        """``"host:port"`` of the Riva gRPC face (the job's token goes in its ``authorization`` metadata), or None
+        when it is off."""
         if self.streams is None or self.streams.grpc_port is None:
-            return {}
+            return None
         host, port, _ = public_address(self.settings, self.streams.grpc_port, grpc=True)
-        return {"grpc_target": f"{host}:{port}"}
+        return f"{host}:{port}"
 
     async def _websocket(self, job: dict[str, Any], request: WebsocketRequest) -> dict[str, Any]:
         """Grant one real-time session, announce how to reach it, and stay IN_PROGRESS until it ends."""
@@ -139,14 +139,10 @@ class TranscriptionService:
                                    max_session_s=request.max_session_s)
         host, port, which = public_address(self.settings, self.streams.port)
         logger.info("job %s: websocket session offered at %s:%d (%s address)", job.get("id"), host, port, which)
-        ready = {
-            "status": "ready", "ws_url": f"ws://{host}:{port}/?token={grant.token}", "host": host, "port": port,
-            "address": which, "token": grant.token, "protocol": PROTOCOL_VERSION,
-            **self._grpc_target(),
-            "sample_rates": [MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ], "encoding": ENCODING,
-            "limits": {"idle_timeout_s": grant.limits.idle_timeout_s, "max_session_s": grant.limits.max_session_s,
-                       "connect_timeout_s": grant.limits.connect_timeout_s},
-        }
+        ready = Ready(ws_url=f"ws://{host}:{port}/?token={grant.token}", host=host, port=port, address=which,
+                      token=grant.token, idle_timeout_s=grant.limits.idle_timeout_s,
+                      max_session_s=grant.limits.max_session_s, connect_timeout_s=grant.limits.connect_timeout_s,
+                      grpc_target=self._grpc_target()).to_json()
         if "id" in job:
             runpod.serverless.progress_update(job, ready)
         try:

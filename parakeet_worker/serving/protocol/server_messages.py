@@ -335,10 +335,12 @@ class Ready:
     protocol: str = PROTOCOL_VERSION
     sample_rates: tuple[int, int] = (MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ)
     encoding: str = ENCODING
+    grpc_target: str | None = None  # "host:port" of the Riva gRPC face (the same token); None: it is off
 
     def to_json(self) -> dict[str, Any]:
+        grpc = {} if self.grpc_target is None else {"grpc_target": self.grpc_target}
         return {"status": "ready", "ws_url": self.ws_url, "host": self.host, "port": self.port,
-                "address": self.address, "token": self.token, "protocol": self.protocol,
+                "address": self.address, "token": self.token, "protocol": self.protocol, **grpc,
                 "sample_rates": list(self.sample_rates), "encoding": self.encoding,
                 "limits": {"idle_timeout_s": self.idle_timeout_s, "max_session_s": self.max_session_s,
                            "connect_timeout_s": self.connect_timeout_s}}
