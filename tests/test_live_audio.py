@@ -49,3 +49,14 @@ def test_bad_encoding_or_rate_is_refused_naming_what_is_allowed(encoding, rate, 
 def test_odd_pcm16_frame_is_a_typed_error():
     with pytest.raises(AudioDecodeError, match="even number of bytes"):
         LiveAudioDecoder("pcm16", 16000).decode(b"\x00\x01\x02")
+
+
+def test_a_byte_stream_cut_inside_samples_decodes_as_the_whole():
+    """decode_stream: a PCM16 sample split between two pieces (Deepgram frames, Riva requests cut anywhere) is
+    carried to the next piece, so the pieces decode exactly as the whole does."""
+    pcm = (np.arange(-500, 500, dtype="<i2") * 31).tobytes()
+    whole = LiveAudioDecoder("pcm16", 16000).decode(pcm)
+    decoder = LiveAudioDecoder("pcm16", 16000)
+    cuts = [0, 1, 4, 7, 8, 333, 1001, len(pcm)]
+    pieces = [decoder.decode_stream(pcm[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
+    assert np.array_equal(np.concatenate(pieces), whole)

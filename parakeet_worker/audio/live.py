@@ -63,6 +63,17 @@ class LiveAudioDecoder:
         self.samples_in = 0  # at the client's rate
         self._resampler = (None if sample_rate == SAMPLE_RATE_HZ else
                            soxr.ResampleStream(sample_rate, SAMPLE_RATE_HZ, 1, dtype="float32", quality="HQ"))
+        self._carry = b""  # decode_stream: a PCM16 sample's first byte, completed by the next piece
+
+    def decode_stream(self, data: bytes) -> np.ndarray:
+        """:meth:`decode` of a byte stream cut anywhere (Deepgram's frames, Riva's requests): a PCM16 sample split
+        between two pieces is carried over and decoded with the next one."""
+        if self.encoding == "pcm16":
+            if self._carry:
+                data, self._carry = self._carry + data, b""
+            if len(data) % 2:
+                data, self._carry = data[:-1], data[-1:]
+        return self.decode(data)
 
     @property
     def seconds_in(self) -> float:

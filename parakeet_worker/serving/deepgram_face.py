@@ -157,7 +157,6 @@ class DeepgramSession(LiveCore):
         self.dropped_s = 0.0  # audio the engine refused (backlog): not counted in the duration
         self.utterances = 0  # finals with text
         self._sha = hashlib.sha256()
-        self._carry = b""  # linear16: the odd byte of a frame, completed by the next frame's first byte
         self._window_start = 0.0  # where the current utterance's Results window starts (the last final's end)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
@@ -224,8 +223,7 @@ class DeepgramSession(LiveCore):
         if self.stream is not None:
             lost = await self.stream.stop(self.decoder.flush())
             if lost is not None:
-                self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
-                logger.error("deepgram session %s: the last utterance's final was lost: %s", self.id, lost)
+                self.final_lost(lost)
                 self.post(dg.error("FinalUnavailable", f"the final of the last utterance could not be produced: "
                                    f"{lost}; send that audio again", code=ErrorCode.FINAL_UNAVAILABLE.value))
         self.post(dg.metadata(request_id=self.request_id, sha256=self._sha.hexdigest(), created=self.created,
@@ -286,13 +284,7 @@ class DeepgramSession(LiveCore):
                                "frames of 20-250 ms", code=ErrorCode.FRAME_TOO_LARGE.value))
             return
         assert self.stream is not None
-        pcm = data
-        if o.encoding == "pcm16":  # a byte stream, as Deepgram reads it: a sample may straddle two frames
-            if self._carry:
-                pcm, self._carry = self._carry + pcm, b""
-            if len(pcm) % 2:
-                pcm, self._carry = pcm[:-1], pcm[-1:]
-        samples = self.decoder.decode(pcm)
+        samples = self.decoder.decode_stream(data)  # a byte stream, as Deepgram reads it
         try:
             if samples.size:
                 self.stream.handle.push(samples)

@@ -241,6 +241,12 @@ class LiveCore:
             elif now - self.last_activity > self.idle_timeout_s:
                 await self.end(EndReason.IDLE_TIMEOUT)
 
+    def final_lost(self, why: str) -> None:
+        """A final the engine could not produce (``why``): the session's summary and metric say
+        ``final_unavailable``; the face tells its client in its own words."""
+        self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
+        logger.error("%s session %s: the last utterance's final was lost: %s", self.face, self.id, why)
+
     def touch(self) -> None:
         """The client sent something: the idle clock restarts."""
         self.last_activity = time.monotonic()

@@ -117,7 +117,6 @@ class RivaSession(LiveCore):
         self.utterances = 0
         self.finals: list[str] = []
         self.dropped_s = 0.0
-        self._carry = b""  # PCM16: the odd byte of a chunk, completed by the next chunk's first byte
         self._interim_shown = False  # an interim with text was sent since the last final
         self._closed = asyncio.Event()  # the RPC is to end now (the ending is done, or it was abandoned)
 
@@ -158,8 +157,7 @@ class RivaSession(LiveCore):
         if self.stream is not None:
             lost = await self.stream.stop(self._flush())
             if lost is not None:
-                self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
-                logger.error("riva session %s: the last utterance's final was lost: %s", self.id, lost)
+                self.final_lost(lost)
                 self._set_status(grpc.StatusCode.DATA_LOSS, f"the final of the last utterance could not be "
                                  f"produced: {lost}; send that audio again")
         status = _END_STATUS.get(reason)
@@ -258,12 +256,7 @@ class RivaSession(LiveCore):
                        f"{limits.max_frame_audio_s:.1f} s limit: send audio_content in chunks of 20-500 ms",
                        ErrorCode.FRAME_TOO_LARGE.value)
             return
-        if s.encoding == "pcm16":  # a byte stream: a sample may straddle two requests
-            if self._carry:
-                data, self._carry = self._carry + data, b""
-            if len(data) % 2:
-                data, self._carry = data[:-1], data[-1:]
-        samples = self.decoder.decode(data)
+        samples = self.decoder.decode_stream(data)  # a byte stream: a sample may straddle two requests
         try:
             if samples.size:
                 self.stream.handle.push(samples)

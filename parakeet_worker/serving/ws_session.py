@@ -302,8 +302,7 @@ class Session(LiveCore):
         if self.stream is not None:
             lost = await self.stream.stop(self._flush_resampler())
             if lost is not None:
-                self.error_code = ErrorCode.FINAL_UNAVAILABLE.value
-                logger.error("session %s: the last utterance's final was lost: %s", self.id, lost)
+                self.final_lost(lost)
                 self._send(proto.Error(code=ErrorCode.FINAL_UNAVAILABLE,
                                        message=f"the final of the last utterance could not be produced: {lost}; "
                                                "the stopped message's final_text lacks it; send that audio again"))
