@@ -26,7 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from parakeet_worker.observability import log_context
 from parakeet_worker.serving.faces import FaceContext, request_token
-from parakeet_worker.serving.ws_grants import Grant, GrantBook
+from parakeet_worker.serving.ws_grants import Grant, GrantBook, grant_book
 from parakeet_worker.serving.ws_session import ConnectionGone, Session
 
 logger = logging.getLogger("websocket_handler")
@@ -77,11 +77,7 @@ def _refusal(status: int, error: str, retry_after_s: float | None = None) -> JSO
 
 def routes(ctx: FaceContext) -> list[BaseRoute]:
     """The native protocol's route: the WebSocket at ``/``."""
-    book = ctx.sessions
-    if not isinstance(book, GrantBook):
-        raise TypeError("the native face needs the server's grants: its FaceContext.sessions must be a GrantBook "
-                        "(parakeet_worker.serving.ws_server.StreamServer is one)")
-    grants: GrantBook = book
+    grants = grant_book(ctx.sessions, "native")
 
     async def native(websocket: WebSocket) -> None:
         refusal = check_handshake(ctx, grants, websocket)

@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 
 from parakeet_worker.serving.faces import FaceContext
 from parakeet_worker.serving.native_face import check_handshake
-from parakeet_worker.serving.ws_grants import GrantBook
+from parakeet_worker.serving.ws_grants import grant_book
 
 WEB_DIR = Path(__file__).resolve().with_name("web")
 PAGE_FILE = "index.html"
@@ -77,11 +77,7 @@ def _answer(request: Request, asset: Asset, extra: dict[str, str] | None = None)
 
 def routes(ctx: FaceContext) -> list[BaseRoute]:
     """``GET /`` (the page), ``GET /static/{name}`` (its files) and ``GET /page/access`` (the probe)."""
-    book = ctx.sessions
-    if not isinstance(book, GrantBook):
-        raise TypeError("the page face needs the server's grants: its FaceContext.sessions must be a GrantBook "
-                        "(parakeet_worker.serving.ws_server.StreamServer is one)")
-    grants: GrantBook = book
+    grants = grant_book(ctx.sessions, "page")
     model = ctx.engine.info().model
 
     async def page(request: Request) -> Response:

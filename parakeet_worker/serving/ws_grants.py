@@ -147,3 +147,13 @@ class GrantBook(Protocol):
 
     def retire(self, grant: Grant) -> None:
         """The grant's session is over: a single-use grant's token is refused from now on."""
+
+
+def grant_book(sessions: object, face: str) -> GrantBook:
+    """A face's session registry as the server's grants (the faces that read tokens' grants need the server's
+    registry, not any :class:`~parakeet_worker.serving.faces.SessionRegistry`); a TypeError names the face."""
+    if not isinstance(sessions, GrantBook):
+        raise TypeError(f"the {face} face needs the server's grants: its FaceContext.sessions must be a GrantBook "
+                        "(parakeet_worker.serving.ws_server.StreamServer is one)")
+    return sessions
+
