@@ -315,11 +315,7 @@ class DeepgramSession(LiveCore):
     # --- engine events (handed to the loop by LiveCore.on_engine_event) ---------------------------------------------
     def _deliver(self, event: StreamEvent) -> None:
         if event.kind == "closed":
-            if self.stream is not None:
-                self.stream.mark_closed(event.reason)
-            if event.reason in ("error", "engine_closed") and not self.ending:
-                self.error_code = "engine_error" if event.reason == "error" else ErrorCode.ENGINE_CLOSED.value
-                self.begin_end(EndReason.SERVER_SHUTDOWN)
+            self.stream_closed(self.stream, event.reason)
             return
         if event.kind == "error":
             text = str(event.error)

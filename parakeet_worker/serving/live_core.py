@@ -241,6 +241,18 @@ class LiveCore:
             elif now - self.last_activity > self.idle_timeout_s:
                 await self.end(EndReason.IDLE_TIMEOUT)
 
+    def stream_closed(self, stream: LiveStream | None, reason: str) -> bool:
+        """The engine's ``closed`` event for ``stream``: it is marked closed; when the engine ended it (``error``,
+        ``engine_closed``) while the session was not ending, the session ends (its final first) and True is
+        returned so the face can say so its own way."""
+        if stream is not None:
+            stream.mark_closed(reason)
+        if reason not in ("error", "engine_closed") or self.ending:
+            return False
+        self.error_code = "engine_error" if reason == "error" else ErrorCode.ENGINE_CLOSED.value
+        self.begin_end(EndReason.SERVER_SHUTDOWN)
+        return True
+
     def final_lost(self, why: str) -> None:
         """A final the engine could not produce (``why``): the session's summary and metric say
         ``final_unavailable``; the face tells its client in its own words."""

@@ -174,13 +174,9 @@ class RivaSession(LiveCore):
 
     def _deliver(self, event: StreamEvent) -> None:
         if event.kind == "closed":
-            if self.stream is not None:
-                self.stream.mark_closed(event.reason)
-            if event.reason in ("error", "engine_closed") and not self.ending:
-                self.error_code = "engine_error" if event.reason == "error" else ErrorCode.ENGINE_CLOSED.value
+            if self.stream_closed(self.stream, event.reason):  # its status first: the ending's would say shutdown
                 self._set_status(grpc.StatusCode.UNAVAILABLE if event.reason == "engine_closed"
                                  else grpc.StatusCode.INTERNAL, f"the engine ended the stream ({event.reason})")
-                self.begin_end(EndReason.SERVER_SHUTDOWN)
             return
         if event.kind == "error":
             if isinstance(event.error, StreamBacklogError):
