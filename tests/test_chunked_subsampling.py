@@ -64,6 +64,8 @@ def test_engine_installs_it_once_and_refuses_bad_windows(loaded_test_model) -> N
         assert chunked_subsampling.install(loaded_test_model.model.encoder) is True
         assert loaded_test_model.model.encoder.pre_encode is pre
         assert pre.subsampling_factor == 8  # NeMo's attributes still read through the wrapper
+        # the wrapper follows the served model's mode (a new Module starts in train mode)
+        assert not [name for name, m in loaded_test_model.model.named_modules() if m.training]
     finally:
         engine.close()
     with pytest.raises(ValueError, match="multiples of the subsampling factor 8"):

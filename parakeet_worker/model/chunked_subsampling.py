@@ -40,6 +40,7 @@ class ChunkedSubsampling(torch.nn.Module):
         self.factor = factor
         self.chunk_frames = chunk_frames
         self.margin_frames = margin_frames
+        self.train(inner.training)  # a new Module starts in train mode: follow the one it wraps (eval when served)
 
     def __getattr__(self, name: str) -> Any:  # NeMo reads attributes of pre_encode (e.g. for streaming caches)
         try:
