@@ -207,21 +207,69 @@ def make_bootstrap_sentences(rng: random.Random, count: int, exclude: Iterable[s
     return out
 
 
+# Digit strings and short commands: the words voice-agent tests use. The held-out sets of them are spoken by the
+# unseen voices at speaking rates outside training's 130-210 words/minute.
+DIGITS: tuple[str, ...] = tuple(NUMBERS[:10])
+SINGLE_COMMANDS: tuple[str, ...] = ("yes", "no", "stop", "cancel", "pause", "play", "wait", "repeat", "next",
+                                    "please", "go", "start", "close", "open", "save", "delete")
+TRAIN_WPM = (130, 210)
+UNSEEN_WPM = ((108, 124), (216, 236))
+
+
+def make_digit_sentences(rng: random.Random, count: int, exclude: Iterable[str] = ()) -> list[str]:
+    """``count`` distinct strings of 3-10 digits, spoken one by one ("two zero nine six six five")."""
+    taken = set(exclude)
+    out: list[str] = []
+    while len(out) < count:
+        sentence = " ".join(rng.choice(DIGITS) for _ in range(rng.randint(3, 10)))
+        if sentence not in taken:
+            taken.add(sentence)
+            out.append(sentence)
+    return out
+
+
+def make_command_sentences(rng: random.Random, count: int, exclude: Iterable[str] = ()) -> list[str]:
+    """``count`` distinct short commands of 1-6 words: single words ("stop", "yes") and the corpus's command
+    clauses ("turn off the lights", "set my timer to ten", "pause the music")."""
+    taken = set(exclude)
+    out: list[str] = []
+    while len(out) < count:
+        kind = rng.random()
+        if kind < 0.2:
+            words = [rng.choice(SINGLE_COMMANDS)]
+        elif kind < 0.45:
+            words = [rng.choice(VERBS), rng.choice(["on", "off", "up", "down"]), *_noun_phrase(rng)]
+        elif kind < 0.6:
+            words = ["set", *_noun_phrase(rng), "to", *_number_phrase(rng)[:2]]
+        elif kind < 0.8:
+            words = [rng.choice(VERBS), *_noun_phrase(rng)]
+        else:
+            words = [rng.choice(["yes", "no", "now", "please"]), rng.choice(VERBS), *_noun_phrase(rng)]
+        sentence = " ".join(words[:6])
+        if sentence not in taken:
+            taken.add(sentence)
+            out.append(sentence)
+    return out
+
+
 def make_specs(rng: random.Random, sentences: list[str], voices: list[Voice], prefix: str,
-               warp_range: tuple[float, float] | None = None) -> list[UtteranceSpec]:
-    """One spec per sentence. Without ``warp_range`` no warp is drawn (and the generator is not consumed for it)."""
+               warp_range: tuple[float, float] | None = None,
+               wpm_ranges: tuple[tuple[int, int], ...] = (TRAIN_WPM,)) -> list[UtteranceSpec]:
+    """One spec per sentence. Without ``warp_range`` no warp is drawn (and the generator is not consumed for it);
+    with one speaking-rate range (the default, training's) none is drawn to pick it."""
     specs = []
     for i, text in enumerate(sentences):
         warp = 1.0
         if warp_range is not None:
             lo, hi = (round(ESPEAK_RATE_HZ * w / WARP_STEP_HZ) for w in warp_range)
             warp = rng.randint(lo, hi) * WARP_STEP_HZ / ESPEAK_RATE_HZ
+        wpm_range = wpm_ranges[0] if len(wpm_ranges) == 1 else rng.choice(wpm_ranges)
         specs.append(
             UtteranceSpec(
                 uid=f"{prefix}-{i:05d}",
                 text=text,
                 voice=rng.choice(voices),
-                words_per_minute=rng.randint(130, 210),
+                words_per_minute=rng.randint(*wpm_range),
                 pitch=rng.randint(25, 75),
                 lead_silence_s=rng.uniform(0.05, 0.8),
                 trail_silence_s=rng.uniform(0.05, 0.8),

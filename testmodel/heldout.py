@@ -14,12 +14,13 @@ SAMPLE_RATE_HZ = 16_000
 ASSETS = Path(__file__).resolve().parent.parent / "tests" / "assets"
 MODEL_PATH = ASSETS / "parakeet-tdt-test.nemo"
 HELDOUT_DIR = ASSETS / "heldout"
+SHORT_DIR = ASSETS / "heldout_short"  # digit strings and short commands, unseen voices at unseen speaking rates
 
 
 @dataclass(frozen=True)
 class Clip:
     name: str
-    split: str  # "seen" (voices used in training) or "unseen" (voices never used)
+    split: str  # "seen" (voices used in training) or "unseen" (voices never used); "digits", "commands" (SHORT_DIR)
     voice: str
     text: str
     audio: np.ndarray  # float32 mono 16 kHz

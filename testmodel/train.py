@@ -45,16 +45,56 @@ class TrainOptions:
     # transducer needs to leave its blank-only plateau (two runs without it stayed near 100 % dev WER for 500 steps).
     ctc_weight: float = 0.0
     max_minutes: float = 50.0  # safety net: stop (and say so) rather than overrun the recipe's time budget
+    # Cut-point variety (issue 18): each time an example is drawn, its silences are redrawn (see ``recut``), so the
+    # model learns that where a client, a VAD or a final pass cuts the audio does not change the words.
+    cut_variety: bool = False
 
 
 @dataclass
 class Example:
     audio: np.ndarray  # int16 mono 16 kHz
     tokens: list[int]
+    speech: tuple[int, int] | None = None  # first and last + 1 sample of the rendered speech (without the padding)
 
     @property
     def seconds(self) -> float:
         return self.audio.shape[0] / 16_000
+
+
+SAMPLE_RATE_HZ = 16_000
+
+
+def _floor(audio: np.ndarray, start: int, end: int) -> float:
+    """RMS of the example's rendered silence (its noise floor), in int16 units."""
+    edges = np.concatenate([audio[:start], audio[end:]]).astype(np.float64)
+    return float(np.sqrt(np.mean(edges**2))) if edges.size else 0.0
+
+
+def recut(example: Example, rng: np.random.Generator) -> np.ndarray:
+    """The example's speech with freshly drawn silences, as the service's pipelines cut audio:
+
+    - leading: none (a VAD or a client that starts on the first word) one time in five, else 0-1 s;
+    - trailing: 0-0.4 s (a final pass 0.16 s into a pause, a finalize on the last word) or 0.4-1.5 s;
+    - silence as the clip's own noise floor (fresh noise of its level) or, one time in five, digital zeros;
+    - one time in four, 0.2-1.5 s of digital zeros appended after the trailing silence (a client padding).
+    """
+    if example.speech is None:
+        return example.audio
+    start, end = example.speech
+    floor = _floor(example.audio, start, end)
+
+    def silence(seconds: float) -> np.ndarray:
+        n = int(seconds * SAMPLE_RATE_HZ)
+        if floor == 0.0 or rng.random() < 0.2:
+            return np.zeros(n, np.float64)
+        return rng.standard_normal(n) * floor
+
+    lead = 0.0 if rng.random() < 0.2 else rng.uniform(0.0, 1.0)
+    trail = rng.uniform(0.0, 0.4) if rng.random() < 0.5 else rng.uniform(0.4, 1.5)
+    parts = [silence(lead), example.audio[start:end].astype(np.float64), silence(trail)]
+    if rng.random() < 0.25:
+        parts.append(np.zeros(int(rng.uniform(0.2, 1.5) * SAMPLE_RATE_HZ)))
+    return np.clip(np.round(np.concatenate(parts)), -32768, 32767).astype(np.int16)
 
 
 def install_cpu_tdt_loss(model) -> None:  # model: EncDecRNNTBPEModel
@@ -82,16 +122,19 @@ def make_batches(examples: list[Example], opts: TrainOptions, rng: random.Random
     return batches
 
 
-def collate(examples: list[Example], idx: list[int]) -> tuple[torch.Tensor, ...]:
+def collate(examples: list[Example], idx: list[int],
+            cut_rng: np.random.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    """A padded batch; with ``cut_rng`` every example's silences are redrawn (:func:`recut`)."""
     items = [examples[i] for i in idx]
-    n_samples = max(e.audio.shape[0] for e in items)
+    waves = [recut(e, cut_rng) if cut_rng is not None else e.audio for e in items]
+    n_samples = max(w.shape[0] for w in waves)
     n_tokens = max(len(e.tokens) for e in items)
     audio = torch.zeros(len(items), n_samples)
     tokens = torch.zeros(len(items), n_tokens, dtype=torch.long)
-    for k, e in enumerate(items):
-        audio[k, : e.audio.shape[0]] = torch.from_numpy(e.audio.astype(np.float32) / 32768.0)
+    for k, (e, w) in enumerate(zip(items, waves, strict=True)):
+        audio[k, : w.shape[0]] = torch.from_numpy(w.astype(np.float32) / 32768.0)
         tokens[k, : len(e.tokens)] = torch.tensor(e.tokens)
-    audio_len = torch.tensor([e.audio.shape[0] for e in items])
+    audio_len = torch.tensor([w.shape[0] for w in waves])
     token_len = torch.tensor([len(e.tokens) for e in items])
     return audio, audio_len, tokens, token_len
 
@@ -119,6 +162,7 @@ def train(
     """Train in place; returns the curve as (step, minutes elapsed, dev WER %) rows."""
     torch.manual_seed(opts.seed)
     rng = random.Random(opts.seed)
+    cut_rng = np.random.default_rng(opts.seed) if opts.cut_variety else None
     install_cpu_tdt_loss(model)
     blank = model.loss._loss.blank
     ctc_head = torch.nn.Linear(model.cfg.encoder.d_model, blank + 1)
@@ -146,7 +190,7 @@ def train(
             if not batches:
                 batches = make_batches(examples, opts, rng)
             batch = batches.pop()
-        audio, audio_len, tokens, token_len = collate(source, batch)
+        audio, audio_len, tokens, token_len = collate(source, batch, cut_rng)
         budget_used = (time.monotonic() - start) / 60 / opts.max_minutes
         lr = lr_at(step, opts, budget_used)
         for group in optimizer.param_groups:
