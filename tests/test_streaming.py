@@ -125,9 +125,12 @@ def test_every_frame_a_seam_still_equals_offline(recognizer, heldout_clips) -> N
 
 def test_streamed_wer_is_within_one_point_of_offline(streamer, recognizer, heldout_clips, wer_of,
                                                      record_property) -> None:
-    clips = _spread(heldout_clips, 24)
+    """Over the whole held-out set: a sample of 24 clips measured the gap with +-1 point of noise (the
+    first-stage model: +0.41 on 24 clips, +1.75 on all 80; the committed one: +1.44 and +0.54)."""
+    clips = heldout_clips
     refs = [c.text for c in clips]
-    offline = [t.text for t in recognizer.transcribe([c.audio for c in clips])]
+    offline = [t.text for i in range(0, len(clips), 8)
+               for t in recognizer.transcribe([c.audio for c in clips[i : i + 8]])]
     starts = [0.37 * i for i in range(len(clips))]  # staggered, so chunk boundaries never line up
     results, batches = stream_staggered(streamer, [c.audio for c in clips], starts)
     streamed = [r.committed_text for r in results]
@@ -186,10 +189,10 @@ def test_finalize_recovers_the_last_word(streamer, recognizer, heldout_clips) ->
     offline = [t.text.split() for t in recognizer.transcribe(trimmed)]
     last = [c.text.split()[-1] for c in clips]
     judged = [i for i, (o, w) in enumerate(zip(offline, last)) if o and o[-1] == w]
-    assert len(judged) >= 8, f"the committed model gets the last word offline in only {len(judged)} clips"
+    assert len(judged) >= 10, f"the committed model gets the last word offline in only {len(judged)} clips"
     streamed = {i: stream_whole(streamer, trimmed[i]).committed_text.split() for i in judged}
     missed = [(last[i], streamed[i][-3:]) for i in judged if not streamed[i] or streamed[i][-1] != last[i]]
-    assert len(missed) <= len(judged) // 5, missed
+    assert missed == []  # was <= 1 in 5 of at least 8 clips (issue 18: no longer needed; 11 judged, none missed)
 
 
 # --- buffers and errors -------------------------------------------------------------------------------------------
