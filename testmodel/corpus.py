@@ -14,7 +14,7 @@ import random
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,18 +176,27 @@ def make_sentence(rng: random.Random, n_words: int) -> str:
     return " ".join(words[: max(n_words, 1)])
 
 
-def make_sentences(rng: random.Random, count: int, exclude: Iterable[str] = ()) -> list[str]:
-    """``count`` distinct sentences whose lengths spread over 1..60 words (about 1..20 s of speech)."""
+def _distinct(count: int, exclude: Iterable[str], draw: Callable[[], str]) -> list[str]:
+    """``count`` distinct results of ``draw()`` that are not in ``exclude``, in the order drawn."""
     taken = set(exclude)
     out: list[str] = []
     while len(out) < count:
-        r = rng.random()
-        n_words = rng.randint(1, 6) if r < 0.3 else rng.randint(7, 24) if r < 0.8 else rng.randint(25, 60)
-        sentence = make_sentence(rng, n_words)
+        sentence = draw()
         if sentence not in taken:
             taken.add(sentence)
             out.append(sentence)
     return out
+
+
+def make_sentences(rng: random.Random, count: int, exclude: Iterable[str] = ()) -> list[str]:
+    """``count`` distinct sentences whose lengths spread over 1..60 words (about 1..20 s of speech)."""
+
+    def draw() -> str:
+        r = rng.random()
+        n_words = rng.randint(1, 6) if r < 0.3 else rng.randint(7, 24) if r < 0.8 else rng.randint(25, 60)
+        return make_sentence(rng, n_words)
+
+    return _distinct(count, exclude, draw)
 
 
 # The bootstrap vocabulary: 46 frequent words (numbers, verbs, nouns) spoken 1-5 at a time, in random order. A
@@ -197,14 +206,7 @@ BOOTSTRAP_WORDS: tuple[str, ...] = tuple(NUMBERS[:20] + VERBS[:13] + NOUNS[:13])
 
 
 def make_bootstrap_sentences(rng: random.Random, count: int, exclude: Iterable[str] = ()) -> list[str]:
-    taken = set(exclude)
-    out: list[str] = []
-    while len(out) < count:
-        sentence = " ".join(rng.choice(BOOTSTRAP_WORDS) for _ in range(rng.randint(1, 5)))
-        if sentence not in taken:
-            taken.add(sentence)
-            out.append(sentence)
-    return out
+    return _distinct(count, exclude, lambda: " ".join(rng.choice(BOOTSTRAP_WORDS) for _ in range(rng.randint(1, 5))))
 
 
 # Digit strings and short commands: the words voice-agent tests use. The held-out sets of them are spoken by the
@@ -218,22 +220,14 @@ UNSEEN_WPM = ((108, 124), (216, 236))
 
 def make_digit_sentences(rng: random.Random, count: int, exclude: Iterable[str] = ()) -> list[str]:
     """``count`` distinct strings of 3-10 digits, spoken one by one ("two zero nine six six five")."""
-    taken = set(exclude)
-    out: list[str] = []
-    while len(out) < count:
-        sentence = " ".join(rng.choice(DIGITS) for _ in range(rng.randint(3, 10)))
-        if sentence not in taken:
-            taken.add(sentence)
-            out.append(sentence)
-    return out
+    return _distinct(count, exclude, lambda: " ".join(rng.choice(DIGITS) for _ in range(rng.randint(3, 10))))
 
 
 def make_command_sentences(rng: random.Random, count: int, exclude: Iterable[str] = ()) -> list[str]:
     """``count`` distinct short commands of 1-6 words: single words ("stop", "yes") and the corpus's command
     clauses ("turn off the lights", "set my timer to ten", "pause the music")."""
-    taken = set(exclude)
-    out: list[str] = []
-    while len(out) < count:
+
+    def draw() -> str:
         kind = rng.random()
         if kind < 0.2:
             words = [rng.choice(SINGLE_COMMANDS)]
@@ -245,11 +239,9 @@ def make_command_sentences(rng: random.Random, count: int, exclude: Iterable[str
             words = [rng.choice(VERBS), *_noun_phrase(rng)]
         else:
             words = [rng.choice(["yes", "no", "now", "please"]), rng.choice(VERBS), *_noun_phrase(rng)]
-        sentence = " ".join(words[:6])
-        if sentence not in taken:
-            taken.add(sentence)
-            out.append(sentence)
-    return out
+        return " ".join(words[:6])
+
+    return _distinct(count, exclude, draw)
 
 
 def make_specs(rng: random.Random, sentences: list[str], voices: list[Voice], prefix: str,

@@ -24,7 +24,18 @@ from parakeet_worker.config import Settings
 from parakeet_worker.engine.options import EngineOptions
 from parakeet_worker.model import Recognizer, load_model
 from parakeet_worker.streaming import BatchedVad, StreamingRecognizer
-from testmodel.heldout import ASSETS, MODEL_PATH, SHORT_DIR, Clip, LongClip, WerStats, concatenate, load_heldout, wer
+from testmodel.heldout import (
+    ASSETS,
+    MODEL_PATH,
+    SAMPLE_RATE_HZ,
+    SHORT_DIR,
+    Clip,
+    LongClip,
+    WerStats,
+    concatenate,
+    load_heldout,
+    wer,
+)
 from testmodel.robustness import Robustness, measure, speech_bounds
 
 logger = logging.getLogger("testmodel.evaluate")
@@ -80,15 +91,21 @@ def robustness_lines(full: Robustness, subset: Robustness) -> list[str]:
     return lines
 
 
-def streamed_final(streamer: StreamingRecognizer, audio: np.ndarray, early_final_s: float) -> str:
-    """The final of ``audio`` streamed alone through the service's streaming recognizer, stepped as each chunk is
-    ready, its final pass stopping ``early_final_s`` into the trailing pause as the engine's does."""
+def pause_end(audio: np.ndarray, early_final_s: float) -> int | None:
+    """Where the engine's final pass stops in ``audio`` heard as one utterance: ``early_final_s`` into a trailing
+    pause the VAD judges clearly silent (``EarlyPasses.pass_end``), or None (all of it)."""
     vad = BatchedVad()
     heard = vad.new_stream()
     vad.process([heard], [audio])
+    return heard.pause_end(audio.shape[0], early_final_s)
+
+
+def streamed_final(streamer: StreamingRecognizer, audio: np.ndarray, early_final_s: float) -> str:
+    """The final of ``audio`` streamed alone through ``streamer`` (a fresh stream, stepped as soon as each chunk is
+    ready), its final pass stopping where the engine's would (:func:`pause_end`)."""
     state = streamer.new_stream()
     streamer.accept(state, audio)
-    state.pass_end = heard.pause_end(audio.shape[0], early_final_s)
+    state.pass_end = pause_end(audio, early_final_s)
     while streamer.ready(state):
         streamer.step([state])
     return streamer.finalize([state])[0].committed_text
@@ -97,7 +114,8 @@ def streamed_final(streamer: StreamingRecognizer, audio: np.ndarray, early_final
 def with_pause(audio: np.ndarray, seconds: float = STREAMED_PAUSE_S) -> np.ndarray:
     """The clip followed by ``seconds`` more of its own trailing noise floor (a speaker pausing after it)."""
     floor = audio[speech_bounds(audio)[1]:]
-    pause = np.resize(floor, round(seconds * 16_000)) if floor.size else np.zeros(round(seconds * 16_000))
+    samples = round(seconds * SAMPLE_RATE_HZ)
+    pause = np.resize(floor, samples) if floor.size else np.zeros(samples)
     return np.concatenate([audio, pause.astype(np.float32)])
 
 

@@ -50,6 +50,9 @@ class TrainOptions:
     cut_variety: bool = False
 
 
+SAMPLE_RATE_HZ = 16_000
+
+
 @dataclass
 class Example:
     audio: np.ndarray  # int16 mono 16 kHz
@@ -58,10 +61,7 @@ class Example:
 
     @property
     def seconds(self) -> float:
-        return self.audio.shape[0] / 16_000
-
-
-SAMPLE_RATE_HZ = 16_000
+        return self.audio.shape[0] / SAMPLE_RATE_HZ
 
 
 def _floor(audio: np.ndarray, start: int, end: int) -> float:

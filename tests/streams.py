@@ -1,4 +1,5 @@
-"""Reference transcripts for the streaming tests: what one stream gives when it is alone on the model."""
+"""Reference transcripts for the streaming tests: what one stream gives when it is alone on the model (the
+same reference ``python -m testmodel.evaluate`` compares batch transcripts with)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,14 @@ import numpy as np
 
 from parakeet_worker.engine import ParakeetEngine
 from parakeet_worker.model import Recognizer
-from parakeet_worker.streaming import BatchedVad, StreamingRecognizer
+from parakeet_worker.streaming import StreamingRecognizer
+from testmodel import evaluate
 
 
 def pause_end(engine: ParakeetEngine, audio: np.ndarray) -> int | None:
     """Where the engine's final pass stops in ``audio`` heard as one utterance: ``early_final_s`` into a trailing
     pause the VAD judges clearly silent (``EarlyPasses.pass_end``), or None (all of it)."""
-    vad = BatchedVad()
-    stream = vad.new_stream()
-    vad.process([stream], [audio])
-    return stream.pause_end(audio.shape[0], engine.stream_geometry.early_final_s)
+    return evaluate.pause_end(audio, engine.stream_geometry.early_final_s)
 
 
 def streamed_alone(engine: ParakeetEngine, audio: np.ndarray) -> str:
@@ -23,9 +22,4 @@ def streamed_alone(engine: ParakeetEngine, audio: np.ndarray) -> str:
     its own (not the engine's worker thread), stepped as soon as each chunk is ready; its final pass stops where
     the engine's would."""
     streamer = StreamingRecognizer(Recognizer(engine.loaded), engine.options.streaming)
-    state = streamer.new_stream()
-    streamer.accept(state, audio)
-    state.pass_end = pause_end(engine, audio)
-    while streamer.ready(state):
-        streamer.step([state])
-    return streamer.finalize([state])[0].committed_text
+    return evaluate.streamed_final(streamer, audio, engine.stream_geometry.early_final_s)
