@@ -45,7 +45,7 @@ MIN_SHORT_S = 0.4  # a held-out "stop" at 230 words/minute is shorter than the c
 # 78 voice variants with formant/tempo warps, and digit strings and short commands, at a lower peak rate.
 FINETUNE = {"more_voices": True, "cut_variety": True, "extra_utterances": DEFAULT_EXTRA_UTTERANCES,
             "bootstrap_steps": 0, "curriculum_steps": 0, "lr": 1e-3, "warmup_steps": 100, "steps": 4000,
-            "minutes": 60.0}
+            "minutes": 88.0}
 
 
 def _to_int16(audio: np.ndarray) -> np.ndarray:
