@@ -7,7 +7,7 @@ import numpy as np
 
 from parakeet_worker.engine import ParakeetEngine
 from parakeet_worker.model import Recognizer
-from parakeet_worker.streaming import StreamingRecognizer
+from parakeet_worker.streaming import EndpointConfig, StreamingRecognizer, StreamManager, StreamOptions
 from testmodel import evaluate
 
 
@@ -23,3 +23,24 @@ def streamed_alone(engine: ParakeetEngine, audio: np.ndarray) -> str:
     the engine's would."""
     streamer = StreamingRecognizer(Recognizer(engine.loaded), engine.options.streaming)
     return evaluate.streamed_final(streamer, audio, engine.stream_geometry.early_final_s)
+
+
+def endpointed_finals(engine: ParakeetEngine, audio: np.ndarray, endpoint: EndpointConfig) -> list[str]:
+    """The final texts of ``audio`` sent as one connection with server endpointing ``endpoint``, through a stream
+    manager of the engine's geometry on a recognizer of its own: each utterance is the audio the engine's own stream
+    decodes for it (it begins where the previous utterance ended, pause included), so a face is compared with the
+    native path on exactly the same cuts. The whole audio goes in one push; the manager judges it as it would arriving
+    in real time (tests/test_engine_streams.py)."""
+    manager = StreamManager(StreamingRecognizer(Recognizer(engine.loaded), engine.options.streaming),
+                            poke=lambda: None)
+    events = []
+    try:
+        handle = manager.open(events.append, StreamOptions(endpointing=True, endpoint=endpoint))
+        handle.push(audio)
+        handle.stop()
+        while manager.active:
+            manager.service()
+    finally:
+        manager.close_all()
+    assert not [e for e in events if e.kind == "error"], events
+    return [e.result.committed_text for e in events if e.kind == "final"]

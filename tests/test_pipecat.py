@@ -10,7 +10,8 @@ first voiced sample to 0.2 s after its last (Pipecat's VAD confirms a stop after
 in real time, then ``VADUserStoppedSpeakingFrame``. Each turn must come back as one ``TranscriptionFrame`` whose text
 is the native path's for the same audio (tests/streams.py), soon after the stop frame. ``NvidiaSTTService`` never
 finalizes itself: each turn is followed by a second of silence and must come back from the server's endpointing
-(Pipecat's ``stop_history`` 320 ms) before the stop frame; ``NvidiaSegmentedSTTService`` sends each turn as one
+(Pipecat's ``stop_history`` 320 ms) before the stop frame, with the text the native path's endpointing gives the
+same connection's audio (the second turn's utterance begins where the first one's ended, in that silence); ``NvidiaSegmentedSTTService`` sends each turn as one
 WAV to ``Recognize`` at the stop frame and gets the batch path's transcript.
 """
 
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soxr
+from riva.client.proto import riva_asr_pb2 as rasr
 
 from parakeet_client import pcm16
 from parakeet_worker.audio.live import LiveAudioDecoder
@@ -36,8 +38,9 @@ from parakeet_worker.engine.engine import ParakeetEngine
 from parakeet_worker.observability import Metrics
 from parakeet_worker.serving import deepgram_face, realtime_face
 from parakeet_worker.serving.batch import BatchService
+from parakeet_worker.serving.riva_messages import endpoint_config
 from tests.faces_server import TOKEN, FacesServer, serve_faces
-from tests.streams import streamed_alone
+from tests.streams import endpointed_finals, streamed_alone
 
 REPO = Path(__file__).resolve().parents[1]
 PIPECAT_PYTHON = REPO / ".venv-pipecat" / "bin" / "python"
@@ -141,20 +144,28 @@ NVIDIA_SILENCE_S = 1.0
 # end of speech -> TranscriptionFrame with server endpointing: the 320 ms window on the VAD's 32 ms frames, the final
 # pass and Pipecat's thread hop
 SPEECH_END_TO_FINAL_MAX_S = 1.0
+# the endpointing NvidiaSTTService asks for by default (stop_history 320 ms, the rest -1: the server's default)
+NVIDIA_ENDPOINT = endpoint_config(rasr.RecognitionConfig(endpointing_config=rasr.EndpointingConfig(
+    start_history=-1, start_threshold=-1.0, stop_history=320, stop_threshold=-1.0, stop_history_eou=-1,
+    stop_threshold_eou=-1.0)))
 
 
 def test_nvidia_stt_service_gets_each_turn_from_the_servers_endpointing(server: FacesServer, engine: ParakeetEngine,
                                                                         heldout_clips, tmp_path: Path) -> None:
     turns = [turn_audio(heldout_clips[i].audio) for i in TURN_CLIPS]
-    wavs = [write_wav(tmp_path / f"turn{i}.wav", pcm16(t), 16000) for i, t in enumerate(turns)]
+    pcms = [pcm16(t) for t in turns]
+    wavs = [write_wav(tmp_path / f"turn{i}.wav", pcm, 16000) for i, pcm in enumerate(pcms)]
 
     out = run_pipeline("nvidia", server, wavs, silence_s=NVIDIA_SILENCE_S)
 
     logger.info("nvidia: end of speech -> TranscriptionFrame %s s, %d interims", out["speech_end_to_final_s"],
                 out["interims"])
-    expected = [streamed_alone(engine, t) for t in turns]
-    assert all(expected) and out["errors"] == [], out
-    assert out["finals"] == expected, "one TranscriptionFrame per turn, the native path's text"
+    # the connection's audio: each turn, then the silent frames the pipeline sends while its VAD waits
+    silence = np.zeros(round(NVIDIA_SILENCE_S * 16000), dtype=np.float32)
+    sent = np.concatenate([part for pcm in pcms for part in (heard(pcm, 16000), silence)])
+    expected = endpointed_finals(engine, sent, NVIDIA_ENDPOINT)
+    assert len(expected) == len(turns) and all(expected) and out["errors"] == [], (expected, out)
+    assert out["finals"] == expected, "one TranscriptionFrame per turn, the native path's text for the same stream"
     assert out["finals_while_speaking"] == 0 and out["interims"] > 0, out
     latencies = out["speech_end_to_final_s"]
     assert len(latencies) == len(turns) and all(s is not None and s < SPEECH_END_TO_FINAL_MAX_S for s in latencies), \
