@@ -48,7 +48,7 @@ from parakeet_worker.serving.deepgram_messages import results as dg_results
 from parakeet_worker.serving.ws_grants import ServerLimits
 from parakeet_worker.transcript import WordTiming
 from tests.faces_server import TOKEN, FacesServer, serve_faces
-from tests.streams import streamed_alone
+from tests.streams import speech_only, streamed_alone
 
 FRAME_S = 0.02
 # What Pipecat's DeepgramSTTService sends by default (guides/interfaces.md §4.1): none of it may be refused.
@@ -207,12 +207,6 @@ def test_other_encodings_and_rates_and_samples_split_across_frames(server, engin
 
 
 # --- endpointing, SpeechStarted, UtteranceEnd -------------------------------------------------------------------
-def speech_only(audio: np.ndarray) -> np.ndarray:
-    """The clip up to 0.1 s after its last loud sample: the test model hears words in a clip's quiet tail once a
-    fresh utterance starts in it, which digital silence avoids."""
-    return audio[: int(np.nonzero(np.abs(audio) > 0.02)[0][-1]) + 1600]
-
-
 def test_endpoints_give_speech_final_with_speech_started_and_utterance_end(server, heldout_clips) -> None:
     a, b = speech_only(heldout_clips[6].audio), speech_only(heldout_clips[2].audio)
     short_gap, long_gap = np.zeros(int(1.5 * 16000), np.float32), np.zeros(3 * 16000, np.float32)

@@ -32,7 +32,7 @@ from parakeet_worker.serving.realtime_events import (
 )
 from parakeet_worker.serving.ws_grants import ServerLimits
 from tests.faces_server import TOKEN, FacesServer, serve_faces
-from tests.streams import streamed_alone
+from tests.streams import speech_only, streamed_alone
 
 FRAME_S = 0.02
 DELTA = "conversation.item.input_audio_transcription.delta"
@@ -224,8 +224,7 @@ async def test_sdk_speech_started_and_stopped_are_prompt_at_real_time_pace(serve
     of the speech onset and before any delta, its audio_start_ms the onset less prefix_padding_ms; speech_stopped
     arrives within PROMPT_S of the endpoint (silence_duration_ms into the pause), its audio_end_ms where the speech
     ended; then the item is committed and completed."""
-    clip = heldout_clips[6].audio
-    clip = clip[: int(np.nonzero(np.abs(clip) > 0.02)[0][-1]) + 1600]  # without its quiet tail
+    clip = speech_only(heldout_clips[6].audio)
     loud = np.nonzero(np.abs(clip) > 0.02)[0]
     onset_s, end_s = 1.0 + loud[0] / 16000, 1.0 + loud[-1] / 16000
     frames = frames_of(np.concatenate([np.zeros(16000, np.float32), clip, np.zeros(16000, np.float32)]))

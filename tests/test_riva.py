@@ -34,7 +34,7 @@ from parakeet_worker.serving.ws_grants import ServerLimits
 from parakeet_worker.serving.ws_server import public_address
 from parakeet_worker.streaming import StepResult
 from tests.faces_server import TOKEN, FacesServer, serve_faces
-from tests.streams import streamed_alone
+from tests.streams import speech_only, streamed_alone
 
 HELDOUT = Path(__file__).parent / "assets" / "heldout"
 MAX_SESSIONS = 3
@@ -99,11 +99,6 @@ def heard(pcm: bytes, rate: int) -> np.ndarray:
     """The 16 kHz audio the face gives the engine for ``pcm`` at ``rate`` (flushed at the end)."""
     decoder = LiveAudioDecoder("pcm16", rate)
     return np.concatenate([decoder.decode(pcm), decoder.flush()])
-
-
-def speech_only(audio: np.ndarray) -> np.ndarray:
-    """The clip up to 0.1 s after its last loud sample (see tests/test_deepgram.py)."""
-    return audio[: int(np.nonzero(np.abs(audio) > 0.02)[0][-1]) + 1600]
 
 
 def finals_of(responses: list[rasr.StreamingRecognizeResponse]) -> list[rasr.StreamingRecognitionResult]:
