@@ -45,7 +45,10 @@ from tests.faces_server import TOKEN, FacesServer, serve_faces
 MIC_CLIPS = ("seen-00001.flac", "seen-00002.flac")
 FILE_CLIP = Path(__file__).parent / "assets" / "heldout" / "seen-00000.flac"
 FIRST_PARTIAL_SLACK_S = 0.3  # the budget: chunk + right context + 300 ms from the fake device's start
-MIN_WORD_AGREEMENT = 0.8  # the page's audio is the file's within a few ms of clock slip (bench/browser.py)
+# The page's audio is the file's within a few ms of clock slip (bench/browser.py). With the 88-minute test model
+# 5 runs agreed on 1.0, 1.0, 1.0, 0.956, 0.956: two words differ, the second clip's first two, where the model is
+# sensitive to where the audio starts (docs/TEST_MODEL.md). Was 0.8 for the earlier models.
+MIN_WORD_AGREEMENT = 0.9
 
 
 @pytest.fixture(scope="module")
