@@ -11,8 +11,9 @@ in real time, then ``VADUserStoppedSpeakingFrame``. Each turn must come back as 
 is the native path's for the same audio (tests/streams.py), soon after the stop frame. ``NvidiaSTTService`` never
 finalizes itself: each turn is followed by a second of silence and must come back from the server's endpointing
 (Pipecat's ``stop_history`` 320 ms) before the stop frame, with the text the native path's endpointing gives the
-same connection's audio (the second turn's utterance begins where the first one's ended, in that silence); ``NvidiaSegmentedSTTService`` sends each turn as one
-WAV to ``Recognize`` at the stop frame and gets the batch path's transcript.
+same connection's audio (the second turn's utterance begins where the first one's ended, in that silence);
+``NvidiaSegmentedSTTService`` sends each turn as one WAV to ``Recognize`` at the stop frame and gets the batch
+path's transcript.
 """
 
 from __future__ import annotations

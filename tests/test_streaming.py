@@ -130,9 +130,9 @@ def test_streamed_wer_is_within_a_point_and_a_half_of_offline(streamer, recogniz
     """Over the whole held-out set (80 clips, 1,488 words). The gap is the model's need for context beyond the
     window, not a pipeline loss (the seams are judged below and exactly by the tests above): for the committed
     (88-minute) model it is +1.07 points with the default 0.96 s right context, +0.74 with a 1.92 s chunk, +0.33
-    with a 1.92 s right context and +1.54 with 0.48 s chunk and right context (streams batched together equal each
-    alone on all 80 clips). Earlier models: the first stage +1.75, the 60-minute second stage +0.54. The limit is
-    1.5 points, up from 1.0 when the better-trained model came to lean more on right context (docs/TEST_MODEL.md)."""
+    with a 1.92 s right context and +1.54 with 0.48 s chunk and right context (bench.streaming_accuracy,
+    docs/BENCHMARKS.md "Window trade-off"). Earlier models: the first stage +1.75, the 60-minute second stage +0.54.
+    The limit is 1.5 points, up from 1.0 when the better-trained model came to lean more on right context."""
     clips = heldout_clips
     refs = [c.text for c in clips]
     offline = transcribe_all(recognizer, [c.audio for c in clips])
