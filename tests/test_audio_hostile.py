@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import socket
 import struct
 import subprocess
@@ -26,7 +27,7 @@ import pytest
 import soundfile as sf
 
 from parakeet_worker.audio import AudioLimits, decode_bytes, decode_file, fetch_url, load_audio_input, redact_url
-from parakeet_worker.audio.fetch import is_public_address
+from parakeet_worker.audio.fetch import _Watchdog, is_public_address
 from parakeet_worker.errors import (
     AudioDecodeError,
     AudioTooLongError,
@@ -302,6 +303,33 @@ def test_the_deadline_covers_a_body_without_length_cut_at_the_deadline(tmp_path:
     with _RawServer(respond) as srv, pytest.raises(DownloadError, match="timed out after 1 s"):
         fetch_url(srv.url("/a.mp3"), tmp_path, limits=replace(LOCAL, download_timeout_s=1.0))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.socket
+def test_a_deadline_after_the_request_closed_its_socket_cuts_nothing_else() -> None:
+    """The deadline's timer can fire after the request closed its descriptor (a failed TLS handshake closes it, and
+    so does the request's own end, both just before the watchdog is disarmed), when that descriptor number may
+    already be another connection's. The watchdog cuts only the connection it was armed for."""
+    request, server_side = socket.socketpair()
+    number = request.fileno()
+    watchdog = _Watchdog(number, 0.2)
+    request.close()
+    other, other_peer = socket.socketpair()  # another connection takes the freed descriptor number over
+    if other.fileno() != number:  # the lowest free number usually is that one; make sure
+        os.dup2(other.fileno(), number)
+        other.close()
+        other = socket.socket(fileno=number)
+    try:
+        time.sleep(0.5)
+        assert watchdog.fired
+        other_peer.sendall(b"ping")
+        assert other.recv(4) == b"ping", "the deadline cut a connection that was not its own"
+        server_side.settimeout(2.0)
+        assert server_side.recv(1) == b"", "the request's own connection was not cut"
+    finally:
+        watchdog.disarm()
+        for sock in (other, other_peer, server_side):
+            sock.close()
 
 
 # --- Item 7: IPv6 forms that carry an IPv4 address are judged by it -------------------------------------------------

@@ -251,13 +251,15 @@ class _Watchdog:
     """Shuts the connection down at the deadline, wherever the request is (TLS handshake, headers, body).
 
     Socket timeouts bound each read, not the request: a server sending a byte a second never trips them. It holds
-    the descriptor, not a socket object, because the TLS wrapper takes the descriptor over mid-request; the
-    descriptor is only touched under the lock, before ``disarm`` (which runs before the socket is closed, so a
-    reused descriptor number is never shut down).
+    a descriptor of its own (a duplicate of the request's), not a socket object: the TLS wrapper takes the
+    request's descriptor over mid-request and closes it on a failed handshake, and the request closes it at its
+    end, both before ``disarm``. Shutting the duplicate down cuts the same connection; it stays valid until
+    ``disarm`` closes it, so a timer firing after the request closed its descriptor never touches a closed or
+    reused descriptor number (another connection's).
     """
 
     def __init__(self, fd: int, seconds: float) -> None:
-        self._fd = fd
+        self._fd = os.dup(fd)
         self._lock = threading.Lock()
         self.fired = False
         self._timer = threading.Timer(seconds, self._fire)
@@ -280,7 +282,9 @@ class _Watchdog:
     def disarm(self) -> None:
         self._timer.cancel()
         with self._lock:
-            self._fd = -1
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 def _get_once(url: str, out: BinaryIO, deadline: float, limits: AudioLimits) -> str | None:
